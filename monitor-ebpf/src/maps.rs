@@ -1,0 +1,140 @@
+//! Every map of the kernel side, in one place, with why it exists.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use crate::helpers::Op;
+use common::{
+    ConnState, FdKey,
+    counter,
+    maps::{EVENTS_BYTES, FDS_ENTRIES, SSL_ENTRIES, THREADS_ENTRIES},
+};
+
+/// Records for userspace. Sized at load time by the agent's config.
+#[map(name = "EVENTS")]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Sockets and tracked connections by (tgid, fd). LRU so that fds of processes that died
+/// without closing them age out instead of filling the map.
+#[map(name = "FDS")]
+pub(crate) static FDS: LruHashMap<FdKey, ConnState> = LruHashMap::with_max_entries(FDS_ENTRIES, 0);
+
+/// Per-CPU counters of everything dropped, indexed by `common::counter`.
+#[map(name = "COUNTERS")]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per-CPU sequence for connection ids.
+#[map(name = "NEXT_ID")]
+pub(crate) static NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The op a thread is forwarding, by pid_tgid: the state of `helpers::apimon_emit_step`.
+#[map(name = "EMITS")]
+pub(crate) static EMITS: LruHashMap<u64, Op> = LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
+
+/// What a thread's pending syscall needs at its exit, by pid_tgid.
+#[map(name = "SYSCALL_ARGS")]
+pub(crate) static SYSCALL_ARGS: LruHashMap<u64, SyscallArgs> =
+    LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
+
+/// The thread's last SSL_write, by pid_tgid. There is no return probe on SSL_write, so the
+/// entry outlives the call; `SslWrite::fd` tells which socket it belongs to.
+#[map(name = "SSL_WRITE")]
+pub(crate) static SSL_WRITE: LruHashMap<u64, SslWrite> =
+    LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
+
+/// The thread's SSL_read in progress, by pid_tgid; removed by the return probe.
+#[map(name = "SSL_READ")]
+pub(crate) static SSL_READ: LruHashMap<u64, SslRead> =
+    LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
+
+/// Which socket an `SSL*` runs on, learned from the syscall made inside an SSL call. Lets
+/// SSL_write emit at entry, and SSL_read return buffered bytes, without a nested syscall.
+#[map(name = "SSL_SOCK")]
+pub(crate) static SSL_SOCK: LruHashMap<SslKey, SockRef> =
+    LruHashMap::with_max_entries(SSL_ENTRIES, 0);
+
+/// The TLS socket a thread last read outside any SSL call, by pid_tgid: the socket under
+/// libraries that feed OpenSSL from memory (node), whose SSL_read makes no syscall.
+#[map(name = "LAST_TLS_READ")]
+pub(crate) static LAST_TLS_READ: LruHashMap<u64, SockRef> =
+    LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
+
+/// Operations whose arguments wait in [`SYSCALL_ARGS`].
+pub(crate) mod op {
+    pub(crate) const SOCKET: u32 = 1;
+    pub(crate) const CONNECT: u32 = 2;
+    pub(crate) const ACCEPT: u32 = 3;
+    /// read, write, recvfrom, sendto: one buffer.
+    pub(crate) const BUF: u32 = 4;
+    /// readv, writev, recvmsg, sendmsg: an iovec array.
+    pub(crate) const IOV: u32 = 5;
+    /// sendfile: bytes move from a file, none of them in user memory.
+    pub(crate) const SENDFILE: u32 = 6;
+    /// A write made inside SSL_write: only its failure matters (a retry will follow).
+    pub(crate) const SSL_NESTED_WRITE: u32 = 7;
+}
+
+/// Arguments of a syscall in progress.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SyscallArgs {
+    pub(crate) op: u32,
+    pub(crate) fd: u32,
+    /// Buffer, iovec array or sockaddr.
+    pub(crate) ptr: u64,
+    /// Buffer size, iovec count, or for socket() the type.
+    pub(crate) len: u64,
+    /// Connection at entry; a mismatch at exit means the fd was reused meanwhile.
+    pub(crate) conn_id: u64,
+    /// Whether the bytes were read (1) or written (0); for socket() the family.
+    pub(crate) read: u32,
+    pub(crate) _pad: u32,
+}
+
+/// An SSL_write call (see [`SSL_WRITE`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SslWrite {
+    pub(crate) ssl: u64,
+    pub(crate) buf: u64,
+    pub(crate) len: u64,
+    pub(crate) conn_id: u64,
+    pub(crate) fd: u32,
+    /// The plaintext went out already (at entry or at the nested syscall).
+    pub(crate) emitted: u8,
+    /// A nested write failed (EAGAIN): the next SSL_write of the same bytes is a retry.
+    pub(crate) failed: u8,
+    pub(crate) _pad: [u8; 2],
+}
+
+/// An SSL_read call in progress (see [`SSL_READ`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SslRead {
+    pub(crate) ssl: u64,
+    pub(crate) buf: u64,
+    /// `size_t *readbytes` of SSL_read_ex; 0 for SSL_read, whose return value is the count.
+    pub(crate) len_ptr: u64,
+    pub(crate) conn_id: u64,
+    pub(crate) fd: u32,
+    pub(crate) _pad: u32,
+}
+
+/// Key of [`SSL_SOCK`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SslKey {
+    pub(crate) tgid: u32,
+    pub(crate) _pad: u32,
+    pub(crate) ssl: u64,
+}
+
+/// A connection, by fd and id (the id guards against fd reuse).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SockRef {
+    pub(crate) fd: u32,
+    pub(crate) _pad: u32,
+    pub(crate) conn_id: u64,
+}

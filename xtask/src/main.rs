@@ -1,0 +1,144 @@
+//! `cargo xtask`: one entry point to set up a fresh machine, build, run and test apimon.
+
+mod cmd;
+mod packages;
+mod toolchain;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::cmd::run;
+
+#[derive(Parser)]
+#[command(about = "Set up, build, run and test apimon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: nightly rust-src, bpf-linker (and test packages with --test-deps).
+    Setup {
+        /// Also install the Debian packages the tests use (curl, nginx, wrk, ...).
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Set up, build the agent (eBPF object included) in release mode.
+    Build,
+    /// Set up, build and run `apimon run` with the given arguments (needs root).
+    Run {
+        /// Arguments passed to `apimon run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up and run every test: unit, property, and the root-only integration tests.
+    Test {
+        /// Only run tests whose name contains this filter.
+        filter: Option<String>,
+    },
+    /// Lint host crates and the eBPF crate (for its own target), and check formatting.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup { test_deps } => {
+            toolchain::ensure()?;
+            if test_deps {
+                packages::ensure()?;
+            }
+            Ok(())
+        }
+        Task::Build => build_agent().map(drop),
+        Task::Run { args } => {
+            let bin = build_agent()?;
+            let err = Command::new(&bin).arg("run").args(args).exec();
+            Err(err).with_context(|| format!("exec {}", bin.display()))
+        }
+        Task::Test { filter } => test(filter.as_deref()),
+        Task::Lint => lint(),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// A cargo command rooted at the workspace, with bpf-linker on PATH.
+fn cargo() -> Result<Command> {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root())
+        .env("PATH", toolchain::path_with_cargo_bin()?);
+    Ok(cmd)
+}
+
+/// Builds `apimon` in release mode and returns the binary's path.
+fn build_agent() -> Result<PathBuf> {
+    toolchain::ensure()?;
+    run(cargo()?.args(["build", "--release", "--package", "monitor-user", "--bin", "apimon"]))?;
+    let bin = target_dir().join("release").join("apimon");
+    if !bin.exists() {
+        bail!("cargo build succeeded but {} is missing", bin.display());
+    }
+    Ok(bin)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    toolchain::ensure()?;
+    packages::ensure()?;
+    let bin = build_agent()?;
+
+    let mut unit = cargo()?;
+    unit.args(["test", "--release", "--workspace", "--exclude", "monitor-ebpf", "--exclude", "tests"]);
+    if let Some(f) = filter {
+        unit.arg(f);
+    }
+    run(&mut unit)?;
+
+    // Integration tests load real eBPF programs and create network namespaces: one at a time.
+    let mut integration = cargo()?;
+    integration
+        .args(["test", "--release", "--package", "tests", "--", "--test-threads=1", "--nocapture"])
+        .env("APIMON_BIN", &bin);
+    if let Some(f) = filter {
+        integration.arg(f);
+    }
+    run(&mut integration)
+}
+
+fn lint() -> Result<()> {
+    toolchain::ensure()?;
+    run(cargo()?.args(["fmt", "--all", "--check"]))?;
+    run(cargo()?
+        .args(["clippy", "--workspace", "--exclude", "monitor-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo()?
+        .args([
+            &format!("+{}", toolchain::NIGHTLY),
+            "clippy",
+            "--package",
+            "monitor-ebpf",
+            "--bins",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Zbuild-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("CARGO_CFG_BPF_TARGET_ARCH", std::env::consts::ARCH)
+        .env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH)))
+}
