@@ -8,7 +8,11 @@ fn main() -> anyhow::Result<()> {
         .context("monitor-user has no parent directory")?
         .join("monitor-ebpf");
     let root = root.to_str().context("workspace path is not UTF-8")?;
-    let package = aya_build::Package { name: "monitor-ebpf", root_dir: root, ..Default::default() };
+    let package = aya_build::Package {
+        name: "monitor-ebpf",
+        root_dir: root,
+        ..Default::default()
+    };
     aya_build::build_ebpf([package], aya_build::Toolchain::default()).map_err(|e| {
         anyhow!(
             "building the eBPF object failed: {e:#}\n\

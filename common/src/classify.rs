@@ -26,7 +26,11 @@ const fn word(bytes: &[u8; PEEK_LEN]) -> u64 {
 }
 
 const fn low_bytes_mask(n: usize) -> u64 {
-    if n >= PEEK_LEN { u64::MAX } else { (1u64 << (n * 8)) - 1 }
+    if n >= PEEK_LEN {
+        u64::MAX
+    } else {
+        (1u64 << (n * 8)) - 1
+    }
 }
 
 /// Classifies the first `n` bytes of a record (`peek` holds up to [`PEEK_LEN`] of them):
@@ -96,7 +100,10 @@ mod tests {
 
     #[test]
     fn everything_else() {
-        assert_eq!(of(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]), proto::TLS);
+        assert_eq!(
+            of(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]),
+            proto::TLS
+        );
         assert_eq!(of(&[0x17, 0x03, 0x03, 0x00, 0x20, 1, 2, 3]), proto::TLS);
         assert_eq!(of(b"PRI * HTTP/2.0\r\n"), proto::OTHER);
         assert_eq!(of(b"SSH-2.0-OpenSSH"), proto::OTHER);

@@ -282,9 +282,15 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<RecordHeader>(), 16);
-        assert_eq!(size_of::<ConnOpen>(), 16 + 8 + 4 + 4 + 2 + 2 + 2 + 2 + 16 + 16);
+        assert_eq!(
+            size_of::<ConnOpen>(),
+            16 + 8 + 4 + 4 + 2 + 2 + 2 + 2 + 16 + 16
+        );
         assert_eq!(size_of::<ConnClose>(), 16 + 8 + 8 + 32);
-        assert_eq!(size_of::<DataHeader>(), 16 + 8 + 8 + 8 + 4 + 4 + 4 + 2 + 1 + 1);
+        assert_eq!(
+            size_of::<DataHeader>(),
+            16 + 8 + 8 + 8 + 4 + 4 + 4 + 2 + 1 + 1
+        );
         assert_eq!(size_of::<ConnState>(), 8 + 32 + 8);
         assert_eq!(size_of::<FdKey>(), 8);
         assert!(align_of::<DataHeader>() <= 8);

@@ -77,7 +77,9 @@ pub(crate) fn count(idx: u32, n: u64) {
 pub(crate) fn next_conn_id() -> u64 {
     // SAFETY: no preconditions.
     let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
-    let Some(c) = NEXT_ID.get_ptr_mut(0) else { return 0 };
+    let Some(c) = NEXT_ID.get_ptr_mut(0) else {
+        return 0;
+    };
     // SAFETY: per-CPU value, only this CPU writes it while this program runs.
     let n = unsafe {
         *c += 1;
@@ -124,7 +126,11 @@ pub(crate) fn read_user_value<T: Copy>(src: u64) -> Option<T> {
 #[inline(always)]
 pub(crate) fn peek_class(src: u64, n: u64) -> u8 {
     let mut peek = [0u8; PEEK_LEN];
-    let want = if n < PEEK_LEN as u64 { n } else { PEEK_LEN as u64 };
+    let want = if n < PEEK_LEN as u64 {
+        n
+    } else {
+        PEEK_LEN as u64
+    };
     if !read_user::<PEEK_LEN>(&raw mut peek, src, want) {
         return proto::UNKNOWN;
     }
@@ -239,7 +245,11 @@ impl Op {
     #[inline(always)]
     fn header(&self, off: u64, n: u64, last: bool) -> DataHeader {
         DataHeader {
-            header: RecordHeader { kind: kind::DATA, tgid: self.tgid, ts_ns: self.ts },
+            header: RecordHeader {
+                kind: kind::DATA,
+                tgid: self.tgid,
+                ts_ns: self.ts,
+            },
             conn_id: self.conn_id,
             seq: self.pos + off,
             op_end: self.pos + self.len,
@@ -347,7 +357,9 @@ pub(crate) struct Iovec {
 #[inline(never)]
 pub extern "C" fn apimon_emit_step() -> i64 {
     let (id, _, _) = current();
-    let Some(op) = EMITS.get_ptr_mut(&id) else { return 1 };
+    let Some(op) = EMITS.get_ptr_mut(&id) else {
+        return 1;
+    };
     // SAFETY: map value pointer, valid for this program run; only this thread uses the entry.
     let op = unsafe { &mut *op };
     if op.off >= op.len {
@@ -357,7 +369,9 @@ pub extern "C" fn apimon_emit_step() -> i64 {
         if op.iovcnt == 0 || op.next >= op.iovcnt || op.next >= u64::from(IOV_MAX_WALK) {
             return finish(op);
         }
-        let Some(v) = read_user_value::<Iovec>(op.src + op.next * 16) else { return finish(op) };
+        let Some(v) = read_user_value::<Iovec>(op.src + op.next * 16) else {
+            return finish(op);
+        };
         op.next += 1;
         op.base = v.base;
         let rest = op.len - op.off;
@@ -367,7 +381,11 @@ pub extern "C" fn apimon_emit_step() -> i64 {
     if op.records >= u64::from(CHUNKS_PER_OP) {
         return finish(op);
     }
-    let n = if op.left > CHUNK_MAX as u64 { CHUNK_MAX as u64 } else { op.left };
+    let n = if op.left > CHUNK_MAX as u64 {
+        CHUNK_MAX as u64
+    } else {
+        op.left
+    };
     let off = op.off;
     emit_chunk(op, off, op.base, n, off + n >= op.len);
     op.records += 1;

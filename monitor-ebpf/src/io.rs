@@ -8,8 +8,8 @@ use common::{ConnState, FdKey, data_flags, fd_kind, proto, stream_index};
 
 use crate::{
     helpers::{
-        Op, admit, current, emit_buf, emit_bytes_elsewhere, emit_iov, first_iovec, is_self, peek_class,
-        read_user_value, syscall_arg, syscall_ret,
+        Op, admit, current, emit_buf, emit_bytes_elsewhere, emit_iov, first_iovec, is_self,
+        peek_class, read_user_value, syscall_arg, syscall_ret,
     },
     maps::{FDS, LAST_TLS_READ, SockRef, SyscallArgs, op},
     openssl,
@@ -22,32 +22,68 @@ const MSG_IOVLEN: u64 = 24;
 
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    enter(syscall_arg(&ctx, 0), syscall_arg(&ctx, 1), syscall_arg(&ctx, 2), op::BUF, true)
+    enter(
+        syscall_arg(&ctx, 0),
+        syscall_arg(&ctx, 1),
+        syscall_arg(&ctx, 2),
+        op::BUF,
+        true,
+    )
 }
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    enter(syscall_arg(&ctx, 0), syscall_arg(&ctx, 1), syscall_arg(&ctx, 2), op::BUF, false)
+    enter(
+        syscall_arg(&ctx, 0),
+        syscall_arg(&ctx, 1),
+        syscall_arg(&ctx, 2),
+        op::BUF,
+        false,
+    )
 }
 
 #[tracepoint]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    enter(syscall_arg(&ctx, 0), syscall_arg(&ctx, 1), syscall_arg(&ctx, 2), op::BUF, true)
+    enter(
+        syscall_arg(&ctx, 0),
+        syscall_arg(&ctx, 1),
+        syscall_arg(&ctx, 2),
+        op::BUF,
+        true,
+    )
 }
 
 #[tracepoint]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    enter(syscall_arg(&ctx, 0), syscall_arg(&ctx, 1), syscall_arg(&ctx, 2), op::BUF, false)
+    enter(
+        syscall_arg(&ctx, 0),
+        syscall_arg(&ctx, 1),
+        syscall_arg(&ctx, 2),
+        op::BUF,
+        false,
+    )
 }
 
 #[tracepoint]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    enter(syscall_arg(&ctx, 0), syscall_arg(&ctx, 1), syscall_arg(&ctx, 2), op::IOV, true)
+    enter(
+        syscall_arg(&ctx, 0),
+        syscall_arg(&ctx, 1),
+        syscall_arg(&ctx, 2),
+        op::IOV,
+        true,
+    )
 }
 
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    enter(syscall_arg(&ctx, 0), syscall_arg(&ctx, 1), syscall_arg(&ctx, 2), op::IOV, false)
+    enter(
+        syscall_arg(&ctx, 0),
+        syscall_arg(&ctx, 1),
+        syscall_arg(&ctx, 2),
+        op::IOV,
+        false,
+    )
 }
 
 #[tracepoint]
@@ -90,7 +126,9 @@ fn enter_with(fd: u64, read: bool, kind: u32, buffer: impl FnOnce() -> Option<(u
         return 0;
     }
     let fd = fd as u32;
-    let Some(st) = FDS.get_ptr_mut(&FdKey { tgid, fd }) else { return 0 };
+    let Some(st) = FDS.get_ptr_mut(&FdKey { tgid, fd }) else {
+        return 0;
+    };
     // SAFETY: map value pointer, valid for this program run.
     let st: &mut ConnState = unsafe { &mut *st };
     if st.kind != fd_kind::CONN {
@@ -102,12 +140,16 @@ fn enter_with(fd: u64, read: bool, kind: u32, buffer: impl FnOnce() -> Option<(u
         _ => {
             // Not known to be plain HTTP: this may be the socket under a TLS library call,
             // whose bytes are ciphertext and whose plaintext the uprobes carry.
-            if openssl::nested_syscall(id, tgid, fd, st, read) {
+            if openssl::nested_syscall(id, fd, st, read) {
                 return 0;
             }
             if st.raw_proto == proto::TLS {
                 if read {
-                    let sock = SockRef { fd, _pad: 0, conn_id: st.conn_id };
+                    let sock = SockRef {
+                        fd,
+                        _pad: 0,
+                        conn_id: st.conn_id,
+                    };
                     let _ = LAST_TLS_READ.insert(&id, &sock, 0);
                 }
                 return 0;
@@ -115,7 +157,15 @@ fn enter_with(fd: u64, read: bool, kind: u32, buffer: impl FnOnce() -> Option<(u
         }
     }
     let Some((ptr, len)) = buffer() else { return 0 };
-    let args = SyscallArgs { op: kind, fd, ptr, len, conn_id: st.conn_id, read: u32::from(read), _pad: 0 };
+    let args = SyscallArgs {
+        op: kind,
+        fd,
+        ptr,
+        len,
+        conn_id: st.conn_id,
+        read: u32::from(read),
+        _pad: 0,
+    };
     stash(id, &args);
     0
 }
@@ -170,16 +220,12 @@ fn exit(ctx: &TracePointContext) -> u32 {
     let (id, tgid, _) = current();
     let Some(args) = take_args(id) else { return 0 };
     let ret = syscall_ret(ctx);
-    if args.op == op::SSL_NESTED_WRITE {
-        if ret < 0 {
-            openssl::nested_write_failed(id);
-        }
-        return 0;
-    }
     if ret <= 0 || (args.op != op::BUF && args.op != op::IOV && args.op != op::SENDFILE) {
         return 0;
     }
-    let Some(st) = FDS.get_ptr_mut(&FdKey { tgid, fd: args.fd }) else { return 0 };
+    let Some(st) = FDS.get_ptr_mut(&FdKey { tgid, fd: args.fd }) else {
+        return 0;
+    };
     // SAFETY: map value pointer, valid for this program run.
     let st: &mut ConnState = unsafe { &mut *st };
     if st.conn_id != args.conn_id {

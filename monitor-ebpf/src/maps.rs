@@ -1,13 +1,12 @@
 //! Every map of the kernel side, in one place, with why it exists.
 
+use crate::helpers::Op;
 use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use crate::helpers::Op;
 use common::{
-    ConnState, FdKey,
-    counter,
+    ConnState, FdKey, counter,
     maps::{EVENTS_BYTES, FDS_ENTRIES, SSL_ENTRIES, THREADS_ENTRIES},
 };
 
@@ -37,15 +36,15 @@ pub(crate) static EMITS: LruHashMap<u64, Op> = LruHashMap::with_max_entries(THRE
 pub(crate) static SYSCALL_ARGS: LruHashMap<u64, SyscallArgs> =
     LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
 
-/// The thread's last SSL_write, by pid_tgid. There is no return probe on SSL_write, so the
-/// entry outlives the call; `SslWrite::fd` tells which socket it belongs to.
+/// The thread's SSL_write in progress, by pid_tgid; removed by the return probe. LRU so that
+/// calls whose return never came (longjmp, thread killed) age out.
 #[map(name = "SSL_WRITE")]
-pub(crate) static SSL_WRITE: LruHashMap<u64, SslWrite> =
+pub(crate) static SSL_WRITE: LruHashMap<u64, SslCall> =
     LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
 
 /// The thread's SSL_read in progress, by pid_tgid; removed by the return probe.
 #[map(name = "SSL_READ")]
-pub(crate) static SSL_READ: LruHashMap<u64, SslRead> =
+pub(crate) static SSL_READ: LruHashMap<u64, SslCall> =
     LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
 
 /// Which socket an `SSL*` runs on, learned from the syscall made inside an SSL call. Lets
@@ -71,8 +70,6 @@ pub(crate) mod op {
     pub(crate) const IOV: u32 = 5;
     /// sendfile: bytes move from a file, none of them in user memory.
     pub(crate) const SENDFILE: u32 = 6;
-    /// A write made inside SSL_write: only its failure matters (a retry will follow).
-    pub(crate) const SSL_NESTED_WRITE: u32 = 7;
 }
 
 /// Arguments of a syscall in progress.
@@ -92,31 +89,17 @@ pub(crate) struct SyscallArgs {
     pub(crate) _pad: u32,
 }
 
-/// An SSL_write call (see [`SSL_WRITE`]).
+/// An SSL_read or SSL_write call in progress (see [`SSL_READ`], [`SSL_WRITE`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub(crate) struct SslWrite {
+pub(crate) struct SslCall {
     pub(crate) ssl: u64,
     pub(crate) buf: u64,
-    pub(crate) len: u64,
-    pub(crate) conn_id: u64,
-    pub(crate) fd: u32,
-    /// The plaintext went out already (at entry or at the nested syscall).
-    pub(crate) emitted: u8,
-    /// A nested write failed (EAGAIN): the next SSL_write of the same bytes is a retry.
-    pub(crate) failed: u8,
-    pub(crate) _pad: [u8; 2],
-}
-
-/// An SSL_read call in progress (see [`SSL_READ`]).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct SslRead {
-    pub(crate) ssl: u64,
-    pub(crate) buf: u64,
-    /// `size_t *readbytes` of SSL_read_ex; 0 for SSL_read, whose return value is the count.
+    /// `size_t *` where the `_ex` variants store the count; 0 for the plain ones, whose
+    /// return value is the count.
     pub(crate) len_ptr: u64,
     pub(crate) conn_id: u64,
+    /// The socket of the syscall OpenSSL made inside the call, if it made one.
     pub(crate) fd: u32,
     pub(crate) _pad: u32,
 }

@@ -15,7 +15,11 @@ const PROT_EXEC: u64 = 4;
 #[inline(always)]
 fn header(kind: u32, tgid: u32) -> RecordHeader {
     // SAFETY: no preconditions.
-    RecordHeader { kind, tgid, ts_ns: unsafe { bpf_ktime_get_ns() } }
+    RecordHeader {
+        kind,
+        tgid,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
 }
 
 #[tracepoint]
@@ -23,7 +27,10 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let (_, tgid, _) = current();
     if !is_self(tgid) {
         let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        submit_control(ProcExec { header: header(kind::PROC_EXEC, tgid), comm });
+        submit_control(ProcExec {
+            header: header(kind::PROC_EXEC, tgid),
+            comm,
+        });
     }
     0
 }

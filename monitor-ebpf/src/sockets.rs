@@ -2,12 +2,15 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use common::{
-    COMM_LEN, ConnClose, ConnOpen, ConnState, FdKey, RecordHeader, budget, counter, fd_kind,
-    kind, open_flags, role,
+    COMM_LEN, ConnClose, ConnOpen, ConnState, FdKey, RecordHeader, budget, counter, fd_kind, kind,
+    open_flags, role,
 };
 
 use crate::{
-    helpers::{count, current, is_self, next_conn_id, read_user_value, submit_control, syscall_arg, syscall_ret},
+    helpers::{
+        count, current, is_self, next_conn_id, read_user_value, submit_control, syscall_arg,
+        syscall_ret,
+    },
     maps::{FDS, SYSCALL_ARGS, SyscallArgs, op},
 };
 
@@ -82,7 +85,10 @@ pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
     } else {
         fd_kind::OTHER_SOCKET
     };
-    let key = FdKey { tgid, fd: fd as u32 };
+    let key = FdKey {
+        tgid,
+        fd: fd as u32,
+    };
     if FDS.insert(&key, &ConnState::socket(kind), 0).is_err() {
         count(counter::FDS_MAP_FULL, 1);
     }
@@ -101,7 +107,9 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if known_kind == fd_kind::OTHER_SOCKET {
         return 0;
     }
-    let Some(family) = read_user_value::<u16>(addr) else { return 0 };
+    let Some(family) = read_user_value::<u16>(addr) else {
+        return 0;
+    };
     if family != AF_INET && family != AF_INET6 {
         return 0;
     }
@@ -185,7 +193,11 @@ fn accept_exit(ctx: &TracePointContext) -> u32 {
     }
     // The peer address, if the caller asked for it, tells the family; without it only a
     // listener we saw created proves TCP (unix sockets accept too).
-    let family = if args.ptr != 0 { read_user_value::<u16>(args.ptr).unwrap_or(0) } else { 0 };
+    let family = if args.ptr != 0 {
+        read_user_value::<u16>(args.ptr).unwrap_or(0)
+    } else {
+        0
+    };
     match family {
         AF_INET | AF_INET6 => open_conn(tgid, tid, fd as u32, role::SERVER, args.ptr, true),
         0 => open_conn(tgid, tid, fd as u32, role::SERVER, 0, args.read != 0),
@@ -209,12 +221,19 @@ struct SockaddrIn6 {
 fn open_conn(tgid: u32, tid: u32, fd: u32, conn_role: u8, addr: u64, verified: bool) {
     let conn_id = next_conn_id();
     let key = FdKey { tgid, fd };
-    if FDS.insert(&key, &ConnState::new_conn(conn_id, budget::FRESH), 0).is_err() {
+    if FDS
+        .insert(&key, &ConnState::new_conn(conn_id, budget::FRESH), 0)
+        .is_err()
+    {
         count(counter::FDS_MAP_FULL, 1);
         return;
     }
     let mut rec = ConnOpen {
-        header: RecordHeader { kind: kind::CONN_OPEN, tgid, ts_ns: 0 },
+        header: RecordHeader {
+            kind: kind::CONN_OPEN,
+            tgid,
+            ts_ns: 0,
+        },
         conn_id,
         fd,
         tid,
@@ -236,7 +255,9 @@ fn open_conn(tgid: u32, tid: u32, fd: u32, conn_role: u8, addr: u64, verified: b
             rec.family = family;
             rec.rport = [v4[2], v4[3]];
             if family == AF_INET {
-                rec.raddr = [v4[4], v4[5], v4[6], v4[7], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                rec.raddr = [
+                    v4[4], v4[5], v4[6], v4[7], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ];
             } else if family == AF_INET6 {
                 if let Some(v6) = read_user_value::<SockaddrIn6>(addr) {
                     rec.raddr = v6.addr;
@@ -250,8 +271,13 @@ fn open_conn(tgid: u32, tid: u32, fd: u32, conn_role: u8, addr: u64, verified: b
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let (_, tgid, _) = current();
-    let key = FdKey { tgid, fd: syscall_arg(&ctx, 0) as u32 };
-    let Some(st) = FDS.get_ptr(&key) else { return 0 };
+    let key = FdKey {
+        tgid,
+        fd: syscall_arg(&ctx, 0) as u32,
+    };
+    let Some(st) = FDS.get_ptr(&key) else {
+        return 0;
+    };
     // SAFETY: map value pointer, copied out at once.
     let st = unsafe { *st };
     if st.kind == fd_kind::CONN {

@@ -84,7 +84,14 @@ fn cargo() -> Result<Command> {
 /// Builds `apimon` in release mode and returns the binary's path.
 fn build_agent() -> Result<PathBuf> {
     toolchain::ensure()?;
-    run(cargo()?.args(["build", "--release", "--package", "monitor-user", "--bin", "apimon"]))?;
+    run(cargo()?.args([
+        "build",
+        "--release",
+        "--package",
+        "monitor-user",
+        "--bin",
+        "apimon",
+    ]))?;
     let bin = target_dir().join("release").join("apimon");
     if !bin.exists() {
         bail!("cargo build succeeded but {} is missing", bin.display());
@@ -93,7 +100,8 @@ fn build_agent() -> Result<PathBuf> {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 
 fn test(filter: Option<&str>) -> Result<()> {
@@ -102,7 +110,15 @@ fn test(filter: Option<&str>) -> Result<()> {
     let bin = build_agent()?;
 
     let mut unit = cargo()?;
-    unit.args(["test", "--release", "--workspace", "--exclude", "monitor-ebpf", "--exclude", "tests"]);
+    unit.args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "monitor-ebpf",
+        "--exclude",
+        "tests",
+    ]);
     if let Some(f) = filter {
         unit.arg(f);
     }
@@ -111,7 +127,15 @@ fn test(filter: Option<&str>) -> Result<()> {
     // Integration tests load real eBPF programs and create network namespaces: one at a time.
     let mut integration = cargo()?;
     integration
-        .args(["test", "--release", "--package", "tests", "--", "--test-threads=1", "--nocapture"])
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "tests",
+            "--",
+            "--test-threads=1",
+            "--nocapture",
+        ])
         .env("APIMON_BIN", &bin);
     if let Some(f) = filter {
         integration.arg(f);
@@ -122,8 +146,16 @@ fn test(filter: Option<&str>) -> Result<()> {
 fn lint() -> Result<()> {
     toolchain::ensure()?;
     run(cargo()?.args(["fmt", "--all", "--check"]))?;
-    run(cargo()?
-        .args(["clippy", "--workspace", "--exclude", "monitor-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo()?.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "monitor-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo()?
         .args([
             &format!("+{}", toolchain::NIGHTLY),
@@ -140,5 +172,8 @@ fn lint() -> Result<()> {
             "warnings",
         ])
         .env("CARGO_CFG_BPF_TARGET_ARCH", std::env::consts::ARCH)
-        .env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH)))
+        .env(
+            "RUSTFLAGS",
+            format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        ))
 }

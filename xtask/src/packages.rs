@@ -21,7 +21,10 @@ const NEEDED: &[(&str, &str)] = &[
 
 fn has_command(name: &str) -> bool {
     Command::new("sh")
-        .args(["-c", &format!("command -v {name} >/dev/null 2>&1 || test -x /usr/sbin/{name}")])
+        .args([
+            "-c",
+            &format!("command -v {name} >/dev/null 2>&1 || test -x /usr/sbin/{name}"),
+        ])
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -37,7 +40,10 @@ pub(crate) fn ensure() -> Result<()> {
         return Ok(());
     }
     if !nix_is_root() {
-        bail!("missing packages {missing:?}; install them as root: apt-get install {}", missing.join(" "));
+        bail!(
+            "missing packages {missing:?}; install them as root: apt-get install {}",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-qq"]))?;

@@ -74,7 +74,8 @@ struct NightlyLlvm {
 }
 
 fn nightly_llvm() -> Result<NightlyLlvm> {
-    let sysroot = output_of(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
+    let sysroot =
+        output_of(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
     let libdir = Path::new(sysroot.trim()).join("lib");
     let lib = fs::read_dir(&libdir)
         .with_context(|| format!("reading {}", libdir.display()))?
@@ -85,7 +86,12 @@ fn nightly_llvm() -> Result<NightlyLlvm> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("libLLVM.so.") || n.starts_with("libLLVM-"))
         })
-        .with_context(|| format!("no libLLVM.so.* in {}: is the nightly toolchain complete?", libdir.display()))?;
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}: is the nightly toolchain complete?",
+                libdir.display()
+            )
+        })?;
     let version = output_of(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))?;
     let major = version
         .lines()
@@ -98,12 +104,13 @@ fn nightly_llvm() -> Result<NightlyLlvm> {
 
 fn ensure_bpf_linker() -> Result<()> {
     let llvm = nightly_llvm()?;
-    let lib_name = llvm.lib.file_name().context("LLVM library has no file name")?;
+    let lib_name = llvm
+        .lib
+        .file_name()
+        .context("LLVM library has no file name")?;
     // The linker's rpath points here, so this folder must outlive the binary: keep it next to
     // the cargo home the linker is installed into, one folder per LLVM build.
-    let prefix = cargo_home()?
-        .join("apimon-llvm")
-        .join(lib_name);
+    let prefix = cargo_home()?.join("apimon-llvm").join(lib_name);
     let stamp = prefix.join("bpf-linker.stamp");
     let linker = cargo_home()?.join("bin").join("bpf-linker");
     let want_stamp = format!("bpf-linker {BPF_LINKER_VERSION} llvm-{}\n", llvm.major);

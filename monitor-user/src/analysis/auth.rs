@@ -1,0 +1,181 @@
+//! How a request authenticates: the credential's kind, never its value.
+
+use crate::http::Head;
+
+/// Authentication schemes recognised in requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Auth {
+    None,
+    Bearer,
+    Basic,
+    Digest,
+    /// AWS Signature Version 4 (header or presigned URL).
+    AwsSigV4,
+    /// A key or token in a dedicated header or query parameter.
+    ApiKey,
+    /// A session cookie.
+    Cookie,
+    /// An `Authorization` scheme not listed here.
+    Other,
+}
+
+impl Auth {
+    /// Name used in events and metrics.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Bearer => "bearer",
+            Self::Basic => "basic",
+            Self::Digest => "digest",
+            Self::AwsSigV4 => "aws_sigv4",
+            Self::ApiKey => "api_key",
+            Self::Cookie => "cookie",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Whether a header carries an API key or access token by its name.
+#[must_use]
+pub fn is_key_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    if n.contains("csrf") || n.contains("xsrf") {
+        return false;
+    }
+    const EXACT: &[&str] = &[
+        "apikey",
+        "api-key",
+        "x-api-key",
+        "x-apikey",
+        "x-auth-token",
+        "x-access-token",
+        "x-goog-api-key",
+        "ocp-apim-subscription-key",
+        "x-functions-key",
+        "private-token",
+        "x-token",
+        "authentication",
+    ];
+    EXACT.contains(&n.as_str())
+        || n.contains("api-key")
+        || n.contains("api_key")
+        || n.contains("apikey")
+        || n.ends_with("-access-token")
+        || n.ends_with("-auth-token")
+        || n.ends_with("-api-token")
+        || n.ends_with("-server-token")
+        || n.ends_with("-secret-key")
+}
+
+/// Whether a query parameter carries a key or token by its name.
+#[must_use]
+pub fn is_key_param(name: &str) -> Option<Auth> {
+    let n = name.to_ascii_lowercase();
+    match n.as_str() {
+        "access_token" | "bearer_token" | "oauth_token" => Some(Auth::Bearer),
+        "api_key" | "apikey" | "api-key" | "key" | "token" | "auth_token" | "app_key"
+        | "client_secret" | "private_token" | "subscription-key" => Some(Auth::ApiKey),
+        "x-amz-credential" | "x-amz-signature" => Some(Auth::AwsSigV4),
+        _ => None,
+    }
+}
+
+/// The scheme a request authenticates with, strongest evidence first.
+#[must_use]
+pub fn auth_of(head: &Head, query: Option<&str>) -> Auth {
+    if let Some(value) = head.header("authorization") {
+        let scheme = value.split_whitespace().next().unwrap_or_default();
+        return match scheme.to_ascii_lowercase().as_str() {
+            "bearer" | "token" => Auth::Bearer,
+            "basic" => Auth::Basic,
+            "digest" => Auth::Digest,
+            "aws4-hmac-sha256" => Auth::AwsSigV4,
+            "" => Auth::None,
+            _ if !value.contains(' ') => Auth::ApiKey,
+            _ => Auth::Other,
+        };
+    }
+    if head
+        .headers
+        .iter()
+        .any(|h| is_key_header(&h.name) && !h.value.trim().is_empty())
+    {
+        return Auth::ApiKey;
+    }
+    if let Some(q) = query {
+        for pair in q.split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if !value.is_empty() {
+                if let Some(a) = is_key_param(name) {
+                    return a;
+                }
+            }
+        }
+    }
+    if head.header("cookie").is_some_and(|c| !c.trim().is_empty()) {
+        return Auth::Cookie;
+    }
+    Auth::None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Header, StartLine};
+
+    fn head(headers: &[(&str, &str)]) -> Head {
+        Head {
+            start: StartLine::Request {
+                method: "GET".into(),
+                target: "/".into(),
+            },
+            version: 1,
+            headers: headers
+                .iter()
+                .map(|(n, v)| Header {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn schemes() {
+        assert_eq!(
+            auth_of(&head(&[("Authorization", "Bearer eyJ...")]), None),
+            Auth::Bearer
+        );
+        assert_eq!(
+            auth_of(&head(&[("authorization", "Basic dXNlcjpwYXNz")]), None),
+            Auth::Basic
+        );
+        assert_eq!(
+            auth_of(
+                &head(&[("Authorization", "AWS4-HMAC-SHA256 Credential=AKIA/...")]),
+                None
+            ),
+            Auth::AwsSigV4
+        );
+        assert_eq!(
+            auth_of(&head(&[("Authorization", "sk_live_abc")]), None),
+            Auth::ApiKey
+        );
+        assert_eq!(auth_of(&head(&[("X-API-Key", "k")]), None), Auth::ApiKey);
+        assert_eq!(auth_of(&head(&[("DD-API-KEY", "k")]), None), Auth::ApiKey);
+        assert_eq!(
+            auth_of(&head(&[("X-Shopify-Access-Token", "k")]), None),
+            Auth::ApiKey
+        );
+        assert_eq!(auth_of(&head(&[("X-CSRF-Token", "k")]), None), Auth::None);
+        assert_eq!(auth_of(&head(&[]), Some("q=1&api_key=abc")), Auth::ApiKey);
+        assert_eq!(auth_of(&head(&[]), Some("access_token=abc")), Auth::Bearer);
+        assert_eq!(auth_of(&head(&[]), Some("api_key=")), Auth::None);
+        assert_eq!(
+            auth_of(&head(&[("Cookie", "session=abc")]), None),
+            Auth::Cookie
+        );
+        assert_eq!(auth_of(&head(&[("Accept", "*/*")]), None), Auth::None);
+    }
+}

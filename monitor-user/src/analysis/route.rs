@@ -1,0 +1,123 @@
+//! Route templates: `/v1/users/12345/orders/9f1c2e` -> `/v1/users/{id}/orders/{id}`, so that
+//! metrics and findings group by endpoint, not by value.
+
+/// Whether a path segment is a value rather than a name: numbers, UUIDs, hashes, emails,
+/// dates, and long tokens mixing letters and digits.
+#[must_use]
+pub fn is_value_segment(seg: &str) -> bool {
+    if seg.is_empty() {
+        return false;
+    }
+    let bytes = seg.as_bytes();
+    let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count();
+    let hex = bytes.iter().all(u8::is_ascii_hexdigit);
+    if digits == bytes.len() {
+        return true;
+    }
+    if seg.contains('@') || seg.contains("%40") {
+        return true;
+    }
+    // UUID-like: hex groups separated by dashes.
+    if bytes.len() >= 32 && bytes.iter().all(|b| b.is_ascii_hexdigit() || *b == b'-') {
+        return true;
+    }
+    if hex && bytes.len() >= 12 && digits > 0 {
+        return true;
+    }
+    // Dates and versions of data (2024-01-31), numbers with separators.
+    if digits * 2 >= bytes.len()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_digit() || b"-_.:".contains(b))
+    {
+        return true;
+    }
+    // Opaque ids: long, mixing letters and digits (base62, base64url).
+    if bytes.len() >= 16
+        && digits > 0
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(b))
+    {
+        return true;
+    }
+    // Short ids with a prefix and digits, as many APIs mint them: cus_9s8d7f, ord-12345.
+    if let Some((prefix, rest)) = seg.split_once(['_', '-']) {
+        if prefix.len() <= 6
+            && rest.len() >= 6
+            && rest.bytes().any(|b| b.is_ascii_digit())
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The route template of a request target (query string dropped).
+#[must_use]
+pub fn template(target: &str) -> String {
+    let path = path_of(target);
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').skip(1) {
+        out.push('/');
+        if is_value_segment(seg) {
+            out.push_str("{id}");
+        } else {
+            out.push_str(seg);
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// The path of a request target: no query, no fragment, no scheme and authority.
+#[must_use]
+pub fn path_of(target: &str) -> &str {
+    let target = match target.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => target,
+    };
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let path = &target[..end];
+    if path.is_empty() { "/" } else { path }
+}
+
+/// The query string of a request target, if any.
+#[must_use]
+pub fn query_of(target: &str) -> Option<&str> {
+    let q = target.split_once('?')?.1;
+    Some(q.split('#').next().unwrap_or(q))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        assert_eq!(
+            template("/v1/users/12345/orders/9f1c2e3d4b5a6978"),
+            "/v1/users/{id}/orders/{id}"
+        );
+        assert_eq!(
+            template("/v1/users/123e4567-e89b-12d3-a456-426614174000"),
+            "/v1/users/{id}"
+        );
+        assert_eq!(
+            template("/v1/customers/cus_9s8d7f6g?expand=x"),
+            "/v1/customers/{id}"
+        );
+        assert_eq!(template("/lookup/alice@example.com"), "/lookup/{id}");
+        assert_eq!(template("/reports/2024-01-31"), "/reports/{id}");
+        assert_eq!(template("/v2/charges"), "/v2/charges");
+        assert_eq!(template("/api/v1/health-check"), "/api/v1/health-check");
+        assert_eq!(template("/"), "/");
+        assert_eq!(template("*"), "/");
+        assert_eq!(template("http://h:80/a/42?x"), "/a/{id}");
+        assert_eq!(path_of("/a/b?c=d#e"), "/a/b");
+        assert_eq!(query_of("/a?c=d#e"), Some("c=d"));
+    }
+}

@@ -1,0 +1,157 @@
+//! Loads the embedded eBPF object, attaches its tracepoints, and hands out its maps.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{Program, TracePoint},
+};
+use common::{ConnState, FdKey};
+use tracing::{debug, warn};
+
+/// The kernel side, compiled by build.rs from monitor-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apimon"));
+
+/// Why the kernel side could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the eBPF object failed: {0}")]
+    Object(#[source] Box<aya::EbpfError>),
+    #[error("the kernel rejected program {program}: {source}")]
+    Program {
+        program: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("attaching {program} to tracepoint {category}/{name} failed: {source}")]
+    Attach {
+        program: String,
+        category: &'static str,
+        name: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {0} is missing from the eBPF object or has the wrong type")]
+    Map(&'static str),
+}
+
+/// Tunables set at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub ring_buffer_bytes: u32,
+    pub wakeup_bytes: u64,
+    /// Load (and so verify) every program without attaching anything (`apimon check`).
+    pub verify_only: bool,
+}
+
+/// The loaded kernel side: programs (to attach uprobes later) and the maps userspace uses.
+pub struct Kernel {
+    pub ebpf: Ebpf,
+    pub ring: RingBuf<MapData>,
+    pub fds: HashMap<MapData, FdKey, ConnState>,
+    pub counters: PerCpuArray<MapData, u64>,
+    /// Tracepoints attached.
+    pub tracepoints: usize,
+    /// Programs loaded (accepted by the verifier).
+    pub programs: usize,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("tracepoints", &self.tracepoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tracepoints that may be missing on some architectures or kernels without harm.
+const OPTIONAL: &[&str] = &[
+    "sys_enter_accept",
+    "sys_exit_accept",
+    "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
+];
+
+/// Loads every program, attaches the tracepoints; uprobes are attached later per file.
+pub fn load(options: LoadOptions) -> Result<Kernel, LoadError> {
+    let pid = std::process::id();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("SELF_TGID", &pid, true)
+        .override_global("WAKEUP_BYTES", &options.wakeup_bytes, true)
+        .map_max_entries(common::maps::EVENTS, options.ring_buffer_bytes)
+        .load(OBJECT)
+        .map_err(|e| LoadError::Object(Box::new(e)))?;
+
+    let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
+    let mut tracepoints = 0;
+    let programs = names.len();
+    for name in names {
+        let Some(program) = ebpf.program_mut(&name) else {
+            continue;
+        };
+        let program_error = |source| LoadError::Program {
+            program: name.clone(),
+            source: Box::new(source),
+        };
+        match program {
+            Program::TracePoint(tp) => {
+                tp.load().map_err(program_error)?;
+                if options.verify_only {
+                    continue;
+                }
+                let category = if name.starts_with("sched_") {
+                    "sched"
+                } else {
+                    "syscalls"
+                };
+                match attach_tracepoint(tp, category, &name) {
+                    Ok(()) => tracepoints += 1,
+                    Err(e) if OPTIONAL.contains(&name.as_str()) => {
+                        warn!("optional tracepoint {category}/{name} not attached: {e}");
+                    }
+                    Err(source) => {
+                        return Err(LoadError::Attach {
+                            program: name.clone(),
+                            category,
+                            name,
+                            source: Box::new(source),
+                        });
+                    }
+                }
+            }
+            Program::UProbe(up) => up.load().map_err(program_error)?,
+            _ => debug!("program {name} of an unexpected type left unloaded"),
+        }
+    }
+
+    let ring = RingBuf::try_from(
+        ebpf.take_map(common::maps::EVENTS)
+            .ok_or(LoadError::Map("EVENTS"))?,
+    )
+    .map_err(|_| LoadError::Map("EVENTS"))?;
+    let fds = HashMap::try_from(
+        ebpf.take_map(common::maps::FDS)
+            .ok_or(LoadError::Map("FDS"))?,
+    )
+    .map_err(|_| LoadError::Map("FDS"))?;
+    let counters = PerCpuArray::try_from(
+        ebpf.take_map(common::maps::COUNTERS)
+            .ok_or(LoadError::Map("COUNTERS"))?,
+    )
+    .map_err(|_| LoadError::Map("COUNTERS"))?;
+    Ok(Kernel {
+        ebpf,
+        ring,
+        fds,
+        counters,
+        tracepoints,
+        programs,
+    })
+}
+
+fn attach_tracepoint(
+    tp: &mut TracePoint,
+    category: &str,
+    name: &str,
+) -> Result<(), aya::programs::ProgramError> {
+    tp.attach(category, name).map(drop)
+}

@@ -1,0 +1,11 @@
+//! Live capture: loads the kernel side, reads its ring buffer, attaches TLS probes, and finds
+//! connections open before start.
+
+pub mod backfill;
+pub mod control;
+pub mod elf;
+pub mod host;
+pub mod loader;
+pub mod procfs;
+pub mod records;
+pub mod tls;

@@ -1,0 +1,595 @@
+//! Connection table: follows each connection's byte streams (positions, gaps, TLS or not),
+//! feeds them to an HTTP session, and hands finished exchanges on with the connection's
+//! identity (process, peer, direction).
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use common::stream_index;
+
+use crate::{
+    capture::records::{Data, Opened, Role},
+    http::{Direction, Exchange, Limits, ParseError, Session, SessionEvent},
+};
+
+/// Who and where a connection is: what every call on it shares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub conn_id: u64,
+    pub pid: u32,
+    pub fd: u32,
+    pub comm: String,
+    pub role: Role,
+    pub remote: Option<SocketAddr>,
+    /// TLS library whose plaintext this connection's calls came from.
+    pub tls_lib: Option<&'static str>,
+}
+
+/// What the table produces.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// A finished exchange and the connection it happened on.
+    Exchange(Arc<ConnInfo>, Exchange),
+    /// Bytes that could not be parsed.
+    ParseError(ParseError),
+    /// A response no request waited for.
+    UnmatchedResponse,
+    /// The kernel should stop forwarding this connection's bytes (upgraded, or not HTTP).
+    Mute { pid: u32, fd: u32, conn_id: u64 },
+    /// The kernel could not tell the socket is TCP, or where it goes: look in /proc.
+    Resolve { pid: u32, fd: u32, conn_id: u64 },
+    /// A connection was dropped to stay within the table's size.
+    Evicted,
+}
+
+/// Limits and timeouts of the table.
+#[derive(Clone, Copy, Debug)]
+pub struct TableConfig {
+    pub http: Limits,
+    /// Connections followed at most; the least recently active is dropped beyond.
+    pub max_connections: usize,
+    /// A request unanswered for this long (ns) is reported without a response.
+    pub response_timeout_ns: u64,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            http: Limits::default(),
+            max_connections: 65_536,
+            response_timeout_ns: 120_000_000_000,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    info: Arc<ConnInfo>,
+    fresh: bool,
+    session: Option<Session>,
+    /// Next expected position per `common::stream_index`; `None` until the first record.
+    expected: [Option<u64>; 4],
+    /// Whether the session is fed TLS plaintext (else the socket's bytes).
+    tls: Option<bool>,
+    last_ts: u64,
+    muted: bool,
+}
+
+/// All connections being followed.
+#[derive(Debug)]
+pub struct ConnTable {
+    config: TableConfig,
+    conns: HashMap<u64, Conn>,
+    by_pid: HashMap<u32, HashSet<u64>>,
+}
+
+fn lib_name(lib: u8) -> &'static str {
+    match lib {
+        common::tls_lib::OPENSSL => "openssl",
+        _ => "unknown",
+    }
+}
+
+impl ConnTable {
+    #[must_use]
+    pub fn new(config: TableConfig) -> Self {
+        Self {
+            config,
+            conns: HashMap::new(),
+            by_pid: HashMap::new(),
+        }
+    }
+
+    /// Connections followed now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Approximate bytes held by all sessions.
+    #[must_use]
+    pub fn memory(&self) -> usize {
+        self.conns
+            .values()
+            .map(|c| 256 + c.session.as_ref().map_or(0, Session::memory))
+            .sum()
+    }
+
+    /// A connection starts (kernel record, or found open at start).
+    pub fn open(&mut self, o: Opened, out: &mut Vec<ConnEvent>) {
+        // The fd may have been reused without a close we saw: end the old connection.
+        let stale: Vec<u64> = self
+            .by_pid
+            .get(&o.pid)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|id| self.conns.get(id).is_some_and(|c| c.info.fd == o.fd))
+            .collect();
+        for id in stale {
+            self.close(id, None, out);
+        }
+        if self.conns.len() >= self.config.max_connections {
+            self.evict_one(out);
+        }
+        if !o.verified || o.remote.is_none() {
+            out.push(ConnEvent::Resolve {
+                pid: o.pid,
+                fd: o.fd,
+                conn_id: o.conn_id,
+            });
+        }
+        let info = ConnInfo {
+            conn_id: o.conn_id,
+            pid: o.pid,
+            fd: o.fd,
+            comm: o.comm,
+            role: o.role,
+            remote: o.remote,
+            tls_lib: None,
+        };
+        self.by_pid.entry(o.pid).or_default().insert(o.conn_id);
+        self.conns.insert(
+            o.conn_id,
+            Conn {
+                info: Arc::new(info),
+                fresh: o.fresh,
+                session: None,
+                expected: [None; 4],
+                tls: None,
+                last_ts: o.ts,
+                muted: false,
+            },
+        );
+    }
+
+    /// Userspace found where an unverified connection goes (or that it is not TCP: `None`).
+    pub fn resolved(&mut self, conn_id: u64, remote: Option<SocketAddr>, out: &mut Vec<ConnEvent>) {
+        match remote {
+            Some(addr) => {
+                if let Some(c) = self.conns.get_mut(&conn_id) {
+                    Arc::make_mut(&mut c.info).remote = Some(addr);
+                }
+            }
+            None => {
+                if let Some(c) = self.conns.remove(&conn_id) {
+                    self.unindex(c.info.pid, conn_id);
+                }
+                let _ = out;
+            }
+        }
+    }
+
+    /// Bytes on a connection.
+    pub fn data(&mut self, d: &Data<'_>, out: &mut Vec<ConnEvent>) {
+        if !self.conns.contains_key(&d.conn_id) {
+            // Its open record was lost (ring buffer full): follow it from here, mid-stream.
+            self.open(
+                Opened {
+                    conn_id: d.conn_id,
+                    pid: d.pid,
+                    fd: d.fd,
+                    ts: d.ts,
+                    role: Role::Unknown,
+                    remote: None,
+                    comm: crate::capture::procfs::comm(d.pid).unwrap_or_default(),
+                    verified: false,
+                    fresh: false,
+                },
+                out,
+            );
+        }
+        let Some(conn) = self.conns.get_mut(&d.conn_id) else {
+            return;
+        };
+        conn.last_ts = d.ts;
+        if conn.muted {
+            return;
+        }
+        match conn.tls {
+            // Plaintext from the TLS library wins over the socket's (cipher)bytes.
+            Some(true) if !d.tls => return,
+            Some(false) if d.tls => {
+                conn.session = None;
+                conn.tls = Some(true);
+            }
+            None => conn.tls = Some(d.tls),
+            _ => {}
+        }
+        if d.tls && conn.info.tls_lib.is_none() {
+            Arc::make_mut(&mut conn.info).tls_lib = Some(lib_name(d.tls_lib));
+        }
+        if conn.info.role == Role::Unknown {
+            match guess_role(d) {
+                Some(role) => Arc::make_mut(&mut conn.info).role = role,
+                None => {
+                    // Mid-message bytes of a connection we joined late: wait for a start.
+                    conn.expected[stream_index(d.tls, d.read)] =
+                        Some(d.op_end.max(d.seq + d.payload.len() as u64));
+                    return;
+                }
+            }
+        }
+        let direction = direction_of(conn.info.role, d.read);
+        let limits = self.config.http;
+        let fresh = conn.fresh;
+        let session = conn
+            .session
+            .get_or_insert_with(|| Session::new(limits, fresh, fresh));
+        let idx = stream_index(d.tls, d.read);
+        let mut payload = d.payload;
+        match conn.expected[idx] {
+            None if d.seq > 0 => session.join_mid_stream(direction),
+            Some(e) if d.seq > e => session.gap(direction, d.seq - e, d.ts),
+            Some(e) if d.seq < e => {
+                // Overlaps what was already fed: keep only the new part.
+                let dup = usize::try_from(e - d.seq)
+                    .unwrap_or(usize::MAX)
+                    .min(payload.len());
+                payload = &payload[dup..];
+            }
+            _ => {}
+        }
+        session.push(direction, payload, d.ts);
+        let mut next = d.seq + d.payload.len() as u64;
+        if d.last && d.op_end > next {
+            session.gap(direction, d.op_end - next, d.ts);
+            next = d.op_end;
+        }
+        conn.expected[idx] = Some(conn.expected[idx].map_or(next, |e| e.max(next)));
+        Self::drain(conn, out);
+    }
+
+    /// A connection closed; `seq` holds the kernel's final stream positions if known.
+    pub fn close(&mut self, conn_id: u64, seq: Option<[u64; 4]>, out: &mut Vec<ConnEvent>) {
+        let Some(mut conn) = self.conns.remove(&conn_id) else {
+            return;
+        };
+        self.unindex(conn.info.pid, conn_id);
+        if let (Some(session), Some(seq), Some(tls)) = (conn.session.as_mut(), seq, conn.tls) {
+            for read in [false, true] {
+                let idx = stream_index(tls, read);
+                if let Some(e) = conn.expected[idx] {
+                    if seq[idx] > e {
+                        session.gap(
+                            direction_of(conn.info.role, read),
+                            seq[idx] - e,
+                            conn.last_ts,
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(session) = conn.session.as_mut() {
+            session.close();
+        }
+        Self::drain(&mut conn, out);
+    }
+
+    /// The fds of `pid`'s connections.
+    #[must_use]
+    pub fn fds_of(&self, pid: u32) -> Vec<u32> {
+        self.by_pid
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.conns.get(id).map(|c| c.info.fd))
+            .collect()
+    }
+
+    /// The process exited: all its connections are over.
+    pub fn exit(&mut self, pid: u32, out: &mut Vec<ConnEvent>) {
+        let ids: Vec<u64> = self.by_pid.remove(&pid).into_iter().flatten().collect();
+        for id in ids {
+            self.close(id, None, out);
+        }
+    }
+
+    /// Periodic work at capture time `now`: give up on requests unanswered for too long.
+    pub fn tick(&mut self, now: u64, out: &mut Vec<ConnEvent>) {
+        let deadline = now.saturating_sub(self.config.response_timeout_ns);
+        for conn in self.conns.values_mut() {
+            if let Some(session) = conn.session.as_mut() {
+                if session.pending() > 0 {
+                    session.expire(deadline);
+                    Self::drain(conn, out);
+                }
+            }
+        }
+    }
+
+    /// Ends every connection (the agent is stopping).
+    pub fn close_all(&mut self, out: &mut Vec<ConnEvent>) {
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close(id, None, out);
+        }
+    }
+
+    fn drain(conn: &mut Conn, out: &mut Vec<ConnEvent>) {
+        let Some(session) = conn.session.as_mut() else {
+            return;
+        };
+        for event in session.drain() {
+            match event {
+                SessionEvent::Exchange(x) => {
+                    out.push(ConnEvent::Exchange(Arc::clone(&conn.info), x))
+                }
+                SessionEvent::Error(_, e) => out.push(ConnEvent::ParseError(e)),
+                SessionEvent::UnmatchedResponse => out.push(ConnEvent::UnmatchedResponse),
+                SessionEvent::Upgraded => {
+                    conn.muted = true;
+                    out.push(ConnEvent::Mute {
+                        pid: conn.info.pid,
+                        fd: conn.info.fd,
+                        conn_id: conn.info.conn_id,
+                    });
+                }
+            }
+        }
+    }
+
+    fn evict_one(&mut self, out: &mut Vec<ConnEvent>) {
+        let oldest = self
+            .conns
+            .iter()
+            .min_by_key(|(_, c)| c.last_ts)
+            .map(|(id, _)| *id);
+        if let Some(id) = oldest {
+            self.close(id, None, out);
+            out.push(ConnEvent::Evicted);
+        }
+    }
+
+    fn unindex(&mut self, pid: u32, conn_id: u64) {
+        if let Some(set) = self.by_pid.get_mut(&pid) {
+            set.remove(&conn_id);
+            if set.is_empty() {
+                self.by_pid.remove(&pid);
+            }
+        }
+    }
+}
+
+/// Requests flow from client to server: a client writes them, a server reads them.
+fn direction_of(role: Role, read: bool) -> Direction {
+    match (role, read) {
+        (Role::Server, true) | (Role::Client | Role::Unknown, false) => Direction::Requests,
+        _ => Direction::Responses,
+    }
+}
+
+/// The role of a process on a connection joined late, from the first bytes it moves.
+fn guess_role(d: &Data<'_>) -> Option<Role> {
+    let p = d.payload;
+    let response = p.starts_with(b"HTTP/1.");
+    let mut peek = [0u8; common::classify::PEEK_LEN];
+    let n = p.len().min(peek.len());
+    peek[..n].copy_from_slice(&p[..n]);
+    let request = !response && common::classify::classify(&peek, p.len()) == common::proto::HTTP;
+    match (d.read, request, response) {
+        (false, true, _) | (true, _, true) => Some(Role::Client),
+        (true, true, _) | (false, _, true) => Some(Role::Server),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opened(conn_id: u64, role: Role) -> Opened {
+        Opened {
+            conn_id,
+            pid: 10,
+            fd: 5,
+            ts: 0,
+            role,
+            remote: Some("198.51.100.10:443".parse().expect("addr")),
+            comm: "curl".into(),
+            verified: true,
+            fresh: true,
+        }
+    }
+
+    fn data(conn_id: u64, read: bool, seq: u64, payload: &[u8]) -> Data<'_> {
+        Data {
+            conn_id,
+            pid: 10,
+            fd: 5,
+            ts: seq,
+            seq,
+            op_end: seq + payload.len() as u64,
+            read,
+            tls: false,
+            last: true,
+            tls_lib: 0,
+            payload,
+        }
+    }
+
+    fn exchanges(out: &[ConnEvent]) -> Vec<(String, Option<u16>, u64)> {
+        out.iter()
+            .filter_map(|e| match e {
+                ConnEvent::Exchange(_, x) => Some((
+                    x.request.head.method().unwrap_or_default().to_owned(),
+                    x.response.as_ref().and_then(|r| r.head.status()),
+                    x.response.as_ref().map_or(0, |r| r.body.size),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn client_and_server_roles_map_directions() {
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        t.open(opened(1, Role::Client), &mut out);
+        t.data(&data(1, false, 0, b"GET / HTTP/1.1\r\n\r\n"), &mut out);
+        t.data(
+            &data(
+                1,
+                true,
+                0,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ),
+            &mut out,
+        );
+        let mut o = opened(2, Role::Server);
+        o.fd = 6;
+        t.open(o, &mut out);
+        let mut d = data(2, true, 0, b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        d.fd = 6;
+        t.data(&d, &mut out);
+        let mut d = data(
+            2,
+            false,
+            0,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        );
+        d.fd = 6;
+        t.data(&d, &mut out);
+        assert_eq!(
+            exchanges(&out),
+            vec![("GET".into(), Some(200), 2), ("POST".into(), Some(201), 0)]
+        );
+    }
+
+    #[test]
+    fn lost_records_become_gaps_with_real_sizes() {
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        t.open(opened(1, Role::Client), &mut out);
+        t.data(&data(1, false, 0, b"GET /big HTTP/1.1\r\n\r\n"), &mut out);
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
+        t.data(&data(1, true, 0, head), &mut out);
+        // Records for bytes [head, head+90000) were lost; the last 10000 arrive.
+        let tail = vec![b'x'; 10_000];
+        t.data(&data(1, true, head.len() as u64 + 90_000, &tail), &mut out);
+        assert_eq!(exchanges(&out), vec![("GET".into(), Some(200), 100_000)]);
+    }
+
+    #[test]
+    fn uncopied_tail_of_a_call_is_a_gap() {
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        t.open(opened(1, Role::Client), &mut out);
+        t.data(&data(1, false, 0, b"GET /f HTTP/1.1\r\n\r\n"), &mut out);
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5000000\r\n\r\n";
+        let mut d = data(1, true, 0, head);
+        d.op_end = head.len() as u64 + 5_000_000;
+        t.data(&d, &mut out);
+        assert_eq!(exchanges(&out), vec![("GET".into(), Some(200), 5_000_000)]);
+    }
+
+    #[test]
+    fn fd_reuse_never_merges_connections() {
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        t.open(opened(1, Role::Client), &mut out);
+        t.data(&data(1, false, 0, b"GET /first HTTP/1.1\r\n\r\n"), &mut out);
+        // Same pid and fd, new connection: the first one ends unanswered.
+        t.open(opened(2, Role::Client), &mut out);
+        t.data(
+            &data(2, true, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            &mut out,
+        );
+        let got = exchanges(&out);
+        assert_eq!(got, vec![("GET".into(), None, 0)]);
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, ConnEvent::UnmatchedResponse))
+        );
+    }
+
+    #[test]
+    fn tls_plaintext_replaces_socket_bytes() {
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        t.open(opened(1, Role::Client), &mut out);
+        let mut w = data(1, false, 0, b"GET /secure HTTP/1.1\r\n\r\n");
+        w.tls = true;
+        w.tls_lib = common::tls_lib::OPENSSL;
+        t.data(&w, &mut out);
+        t.data(&data(1, true, 0, b"\x17\x03\x03 ciphertext"), &mut out);
+        let mut r = data(1, true, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        r.tls = true;
+        t.data(&r, &mut out);
+        let info = out.iter().find_map(|e| match e {
+            ConnEvent::Exchange(info, _) => Some(info.clone()),
+            _ => None,
+        });
+        assert_eq!(info.and_then(|i| i.tls_lib), Some("openssl"));
+    }
+
+    #[test]
+    fn exit_and_timeouts_report_pending_requests() {
+        let mut t = ConnTable::new(TableConfig {
+            response_timeout_ns: 100,
+            ..TableConfig::default()
+        });
+        let mut out = Vec::new();
+        t.open(opened(1, Role::Client), &mut out);
+        t.data(&data(1, false, 0, b"GET /a HTTP/1.1\r\n\r\n"), &mut out);
+        t.tick(50, &mut out);
+        assert!(exchanges(&out).is_empty());
+        t.tick(1000, &mut out);
+        assert_eq!(exchanges(&out), vec![("GET".into(), None, 0)]);
+        out.clear();
+        t.data(&data(1, false, 19, b"GET /b HTTP/1.1\r\n\r\n"), &mut out);
+        t.exit(10, &mut out);
+        assert_eq!(exchanges(&out), vec![("GET".into(), None, 0)]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn table_size_is_capped() {
+        let mut t = ConnTable::new(TableConfig {
+            max_connections: 3,
+            ..TableConfig::default()
+        });
+        let mut out = Vec::new();
+        for id in 0..10 {
+            let mut o = opened(id, Role::Client);
+            o.fd = id as u32;
+            o.ts = id;
+            t.open(o, &mut out);
+        }
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            out.iter()
+                .filter(|e| matches!(e, ConnEvent::Evicted))
+                .count(),
+            7
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! apimon: a Linux host agent that sees the HTTP calls processes make to third-party APIs (and
+//! the calls they serve), plaintext or TLS, and reports them as events and metrics.
+
+pub mod analysis;
+pub mod capture;
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod output;
+pub mod pipeline;
+pub mod run;

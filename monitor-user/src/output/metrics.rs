@@ -1,0 +1,346 @@
+//! Prometheus metrics, names prefixed `apimon_`. Label values are bounded: the first
+//! `max_hosts` hosts get their own label, later ones share `other`.
+
+use std::{collections::HashSet, sync::Mutex};
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::analysis::Call;
+
+/// Caps the distinct values of a label.
+#[derive(Debug)]
+pub struct LabelLimiter {
+    seen: HashSet<String>,
+    max: usize,
+}
+
+impl LabelLimiter {
+    #[must_use]
+    pub fn new(max: usize) -> Self {
+        Self {
+            seen: HashSet::new(),
+            max,
+        }
+    }
+
+    /// `value` if it has a label already or there is room, else `other`.
+    pub fn label<'a>(&mut self, value: &'a str) -> &'a str {
+        if self.seen.contains(value) {
+            return value;
+        }
+        if self.seen.len() < self.max {
+            self.seen.insert(value.to_owned());
+            return value;
+        }
+        "other"
+    }
+}
+
+/// Standard methods keep their name; anything else is `OTHER`.
+#[must_use]
+pub fn method_label(method: &str) -> &str {
+    match method {
+        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" | "CONNECT" | "TRACE" => {
+            method
+        }
+        _ => "OTHER",
+    }
+}
+
+/// `2xx`..`5xx`, or `none` when no response came.
+#[must_use]
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    request_bytes: IntCounterVec,
+    response_bytes: IntCounterVec,
+    /// `apimon_findings_total{kind,data_type,host}`.
+    pub findings: IntCounterVec,
+    /// `apimon_events_total{kind}`: ring buffer records received.
+    pub events: IntCounterVec,
+    /// `apimon_events_lost_total{reason}`: everything dropped, in the kernel or here.
+    pub lost: IntCounterVec,
+    /// `apimon_bytes_not_copied_total`: bytes of calls too long to copy whole (sizes stay right).
+    pub bytes_not_copied: IntCounter,
+    /// `apimon_kernel_records_skipped_total`: records the kernel did not forward (not HTTP).
+    pub skipped_not_http: IntCounter,
+    /// `apimon_ready`: 1 once start-up (TLS probes, open connections) is done.
+    pub ready: IntGauge,
+    /// `apimon_parse_errors_total{reason}`.
+    pub parse_errors: IntCounterVec,
+    /// `apimon_unmatched_responses_total`.
+    pub unmatched_responses: IntCounter,
+    /// `apimon_connections_tracked`.
+    pub connections: IntGauge,
+    /// `apimon_connections_evicted_total`.
+    pub evicted: IntCounter,
+    /// `apimon_tls_probed_files`: files carrying OpenSSL with probes attached.
+    pub tls_files: IntGauge,
+    /// `apimon_tls_attach_failures_total`.
+    pub tls_failures: IntCounter,
+    /// `apimon_reassembly_buffered_bytes`: memory held by connection state.
+    pub buffered: IntGauge,
+    hosts: Mutex<LabelLimiter>,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+const CALL_LABELS: &[&str] = &["direction", "host", "tls", "third_party"];
+
+impl Metrics {
+    /// All metrics, registered; `max_hosts` bounds the `host` label.
+    ///
+    /// # Panics
+    /// Only if two metrics share a name, a programming error caught by every test run.
+    #[must_use]
+    pub fn new(max_hosts: usize) -> Self {
+        let registry = Registry::new();
+        let requests = counter_vec(
+            &registry,
+            "apimon_http_requests_total",
+            "HTTP calls seen, by direction, destination host, method, status class, TLS and whether the host is a third party.",
+            &[
+                "direction",
+                "host",
+                "method",
+                "status_class",
+                "tls",
+                "third_party",
+            ],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "apimon_http_request_duration_seconds",
+                "Time from a request's first byte to its response's last byte.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            CALL_LABELS,
+        )
+        .unwrap_or_else(|e| panic!("duration histogram: {e}"));
+        registry
+            .register(Box::new(duration.clone()))
+            .unwrap_or_else(|e| panic!("duration histogram: {e}"));
+        let metrics = Self {
+            request_bytes: counter_vec(
+                &registry,
+                "apimon_http_request_bytes_total",
+                "Request body bytes.",
+                CALL_LABELS,
+            ),
+            response_bytes: counter_vec(
+                &registry,
+                "apimon_http_response_bytes_total",
+                "Response body bytes.",
+                CALL_LABELS,
+            ),
+            findings: counter_vec(
+                &registry,
+                "apimon_findings_total",
+                "Findings (personal data, secrets, unauthenticated calls) by kind, data type and host.",
+                &["kind", "data_type", "host"],
+            ),
+            events: counter_vec(
+                &registry,
+                "apimon_events_total",
+                "Kernel records received, by kind.",
+                &["kind"],
+            ),
+            lost: counter_vec(
+                &registry,
+                "apimon_events_lost_total",
+                "Records or bytes dropped, by reason (ring buffer full, not copied, ...).",
+                &["reason"],
+            ),
+            parse_errors: counter_vec(
+                &registry,
+                "apimon_parse_errors_total",
+                "HTTP parse errors, by reason.",
+                &["reason"],
+            ),
+            bytes_not_copied: counter(
+                &registry,
+                "apimon_bytes_not_copied_total",
+                "Bytes of reads and writes too long to copy whole; body sizes still count them.",
+            ),
+            skipped_not_http: counter(
+                &registry,
+                "apimon_kernel_records_skipped_total",
+                "Records the kernel did not forward because they did not start an HTTP message.",
+            ),
+            ready: gauge(
+                &registry,
+                "apimon_ready",
+                "1 once start-up is done: TLS libraries probed, open connections found.",
+            ),
+            unmatched_responses: counter(
+                &registry,
+                "apimon_unmatched_responses_total",
+                "Responses with no request waiting for them (joined mid-stream, lost bytes).",
+            ),
+            connections: gauge(
+                &registry,
+                "apimon_connections_tracked",
+                "Connections being followed.",
+            ),
+            evicted: counter(
+                &registry,
+                "apimon_connections_evicted_total",
+                "Connections dropped to stay within the table size.",
+            ),
+            tls_files: gauge(
+                &registry,
+                "apimon_tls_probed_files",
+                "Files carrying OpenSSL with probes attached.",
+            ),
+            tls_failures: counter(
+                &registry,
+                "apimon_tls_attach_failures_total",
+                "Files whose probes could not be attached.",
+            ),
+            buffered: gauge(
+                &registry,
+                "apimon_reassembly_buffered_bytes",
+                "Memory held by connection reassembly state.",
+            ),
+            hosts: Mutex::new(LabelLimiter::new(max_hosts)),
+            registry,
+            requests,
+            duration,
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "apimon",
+            );
+            let _ = metrics.registry.register(Box::new(pc));
+        }
+        metrics
+    }
+
+    /// Counts a call.
+    pub fn record_call(&self, call: &Call) {
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let host = hosts.label(&call.host);
+        let direction = call.direction.as_str();
+        let tls = if call.tls { "true" } else { "false" };
+        let third = if call.third_party { "true" } else { "false" };
+        self.requests
+            .with_label_values(&[
+                direction,
+                host,
+                method_label(&call.method),
+                status_class(call.status),
+                tls,
+                third,
+            ])
+            .inc();
+        let labels = [direction, host, tls, third];
+        if let Some(ms) = call.duration_ms {
+            self.duration
+                .with_label_values(&labels)
+                .observe(ms / 1000.0);
+        }
+        self.request_bytes
+            .with_label_values(&labels)
+            .inc_by(call.request_bytes);
+        self.response_bytes
+            .with_label_values(&labels)
+            .inc_by(call.response_bytes);
+    }
+
+    /// The host label a host gets (bounded).
+    pub fn host_label(&self, host: &str) -> String {
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        hosts.label(host).to_owned()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_labels_are_bounded() {
+        let mut l = LabelLimiter::new(2);
+        assert_eq!(l.label("a"), "a");
+        assert_eq!(l.label("b"), "b");
+        assert_eq!(l.label("c"), "other");
+        assert_eq!(l.label("a"), "a");
+        assert_eq!(method_label("PROPFIND"), "OTHER");
+        assert_eq!(status_class(None), "none");
+        assert_eq!(status_class(Some(404)), "4xx");
+    }
+
+    #[test]
+    fn renders_contract_names() {
+        let m = Metrics::new(10);
+        m.events.with_label_values(&["data"]).inc();
+        m.lost.with_label_values(&["ringbuf_full"]).inc_by(0);
+        let text = m.render();
+        for name in [
+            "apimon_events_total",
+            "apimon_events_lost_total",
+            "apimon_connections_tracked",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Where results go: JSON lines events, Prometheus metrics and the HTTP endpoint serving them.
+
+pub mod events;
+pub mod metrics;
+pub mod server;

@@ -1,0 +1,315 @@
+//! The pipeline thread: ring buffer records in, calls out (events and metrics). Data flows one
+//! way: records -> connection table -> HTTP sessions -> analysis -> outputs.
+
+use std::{
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, Sender},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tracing::{debug, warn};
+
+use crate::{
+    analysis::{Analyzer, CallContext, CallDirection},
+    capture::{
+        control::{Notice, Request},
+        records::{self, Record, Role},
+    },
+    conn::{ConnEvent, ConnTable},
+    output::{events::EventWriter, metrics::Metrics},
+};
+
+/// Logs a record's identity and first bytes (escaped): what the kernel saw, for debugging.
+fn trace_record(record: &Record<'_>) {
+    match record {
+        Record::Data(d) => {
+            let head: String = d
+                .payload
+                .iter()
+                .take(48)
+                .flat_map(|b| std::ascii::escape_default(*b))
+                .map(char::from)
+                .collect();
+            tracing::trace!(
+                conn = d.conn_id,
+                pid = d.pid,
+                fd = d.fd,
+                seq = d.seq,
+                len = d.payload.len(),
+                op_end = d.op_end,
+                read = d.read,
+                tls = d.tls,
+                last = d.last,
+                "data {head}"
+            );
+        }
+        other => tracing::trace!("{other:?}"),
+    }
+}
+
+/// Converts the kernel's clock (CLOCK_MONOTONIC, as `bpf_ktime_get_ns`) to wall time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    mono_at_start: u64,
+    wall_at_start: SystemTime,
+}
+
+impl Clock {
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            mono_at_start: Self::monotonic_ns(),
+            wall_at_start: SystemTime::now(),
+        }
+    }
+
+    /// CLOCK_MONOTONIC now, in ns.
+    #[must_use]
+    pub fn monotonic_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+        u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    }
+
+    /// Wall-clock time of a kernel timestamp.
+    #[must_use]
+    pub fn wall(&self, mono_ns: u64) -> SystemTime {
+        if mono_ns >= self.mono_at_start {
+            self.wall_at_start + Duration::from_nanos(mono_ns - self.mono_at_start)
+        } else {
+            self.wall_at_start - Duration::from_nanos(self.mono_at_start - mono_ns)
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Everything the pipeline thread owns.
+pub struct Pipeline {
+    pub table: ConnTable,
+    pub analyzer: Analyzer,
+    pub events: Option<EventWriter>,
+    pub metrics: Arc<Metrics>,
+    pub control: Sender<Request>,
+    pub clock: Clock,
+    out: Vec<ConnEvent>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("connections", &self.table.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often timeouts are checked and outputs flushed.
+const TICK: Duration = Duration::from_millis(250);
+/// How long to wait for the ring buffer before looking at other work.
+const POLL_MS: i32 = 20;
+
+impl Pipeline {
+    #[must_use]
+    pub fn new(
+        table: ConnTable,
+        analyzer: Analyzer,
+        events: Option<EventWriter>,
+        metrics: Arc<Metrics>,
+        control: Sender<Request>,
+    ) -> Self {
+        Self {
+            table,
+            analyzer,
+            events,
+            metrics,
+            control,
+            clock: Clock::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Reads the ring buffer until `stop`, then drains it and closes every connection.
+    pub fn run(
+        mut self,
+        mut ring: RingBuf<MapData>,
+        notices: &Receiver<Notice>,
+        stop: &AtomicBool,
+    ) {
+        let fd = ring.as_raw_fd();
+        let mut last_tick = Instant::now();
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; the ring buffer fd lives as long as `ring`.
+            unsafe { libc::poll(&raw mut pfd, 1, if stopping { 0 } else { POLL_MS }) };
+            while let Some(item) = ring.next() {
+                self.record(&item);
+            }
+            while let Ok(n) = notices.try_recv() {
+                self.notice(n);
+            }
+            if stopping {
+                break;
+            }
+            if last_tick.elapsed() >= TICK {
+                self.tick();
+                last_tick = Instant::now();
+            }
+        }
+        self.finish();
+    }
+
+    /// Handles one ring buffer record.
+    pub fn record(&mut self, bytes: &[u8]) {
+        let record = match records::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("undecodable record: {e}");
+                self.metrics.lost.with_label_values(&["decode_error"]).inc();
+                return;
+            }
+        };
+        let kind = match &record {
+            Record::Data(_) => "data",
+            Record::Opened(_) => "conn_open",
+            Record::Closed { .. } => "conn_close",
+            Record::Exec { .. } => "exec",
+            Record::Exit { .. } => "exit",
+            Record::ExecMapped { .. } => "exec_mmap",
+        };
+        self.metrics.events.with_label_values(&[kind]).inc();
+        if tracing::enabled!(tracing::Level::TRACE) {
+            trace_record(&record);
+        }
+        let mut out = std::mem::take(&mut self.out);
+        match record {
+            Record::Data(d) => self.table.data(&d, &mut out),
+            Record::Opened(o) => self.table.open(o, &mut out),
+            Record::Closed { conn_id, seq, .. } => self.table.close(conn_id, Some(seq), &mut out),
+            Record::Exec { pid, .. } => self.request(Request::Scan { pid, exec: true }),
+            Record::ExecMapped { pid } => self.request(Request::Scan { pid, exec: false }),
+            Record::Exit { pid, .. } => {
+                let fds = self.table.fds_of(pid);
+                self.table.exit(pid, &mut out);
+                if !fds.is_empty() {
+                    self.request(Request::Forget { pid, fds });
+                }
+            }
+        }
+        self.emit(&mut out);
+        self.out = out;
+    }
+
+    /// Handles what the control thread found.
+    pub fn notice(&mut self, notice: Notice) {
+        let mut out = std::mem::take(&mut self.out);
+        match notice {
+            Notice::Opened(o) => self.table.open(o, &mut out),
+            Notice::Resolved { conn_id, remote } => self.table.resolved(conn_id, remote, &mut out),
+            Notice::Ready => {
+                self.metrics.ready.set(1);
+                tracing::info!("ready");
+            }
+        }
+        self.emit(&mut out);
+        self.out = out;
+    }
+
+    fn request(&self, request: Request) {
+        if self.control.send(request).is_err() {
+            debug!("control thread gone; request dropped");
+        }
+    }
+
+    /// Periodic work: response timeouts, gauges, flushing.
+    pub fn tick(&mut self) {
+        let mut out = std::mem::take(&mut self.out);
+        self.table.tick(Clock::monotonic_ns(), &mut out);
+        self.emit(&mut out);
+        self.out = out;
+        self.metrics
+            .connections
+            .set(i64::try_from(self.table.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .buffered
+            .set(i64::try_from(self.table.memory()).unwrap_or(i64::MAX));
+        self.flush();
+    }
+
+    /// Reports what is still in progress and flushes outputs (the agent is stopping).
+    pub fn finish(&mut self) {
+        let mut out = std::mem::take(&mut self.out);
+        self.table.close_all(&mut out);
+        self.emit(&mut out);
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        if let Some(events) = self.events.as_mut() {
+            if let Err(e) = events.flush() {
+                warn!("writing events failed: {e}");
+            }
+        }
+    }
+
+    fn emit(&mut self, out: &mut Vec<ConnEvent>) {
+        for event in out.drain(..) {
+            match event {
+                ConnEvent::Exchange(info, x) => {
+                    let ctx = CallContext {
+                        pid: Some(info.pid),
+                        comm: &info.comm,
+                        direction: match info.role {
+                            Role::Server => CallDirection::Ingress,
+                            Role::Client | Role::Unknown => CallDirection::Egress,
+                        },
+                        tls_lib: info.tls_lib,
+                        tls: info.tls_lib.is_some(),
+                        remote: info.remote,
+                        started: self.clock.wall(x.request.first_ts),
+                        entry: None,
+                    };
+                    let call = self.analyzer.call(&ctx, &x);
+                    self.metrics.record_call(&call);
+                    if let Some(events) = self.events.as_mut() {
+                        if let Err(e) = events.write(&call) {
+                            warn!("writing events failed: {e}");
+                            self.metrics.lost.with_label_values(&["output_error"]).inc();
+                        }
+                    }
+                }
+                ConnEvent::ParseError(e) => self
+                    .metrics
+                    .parse_errors
+                    .with_label_values(&[e.label()])
+                    .inc(),
+                ConnEvent::UnmatchedResponse => self.metrics.unmatched_responses.inc(),
+                ConnEvent::Mute { pid, fd, conn_id } => {
+                    self.request(Request::Mute { pid, fd, conn_id })
+                }
+                ConnEvent::Resolve { pid, fd, conn_id } => {
+                    self.request(Request::Resolve { pid, fd, conn_id })
+                }
+                ConnEvent::Evicted => self.metrics.evicted.inc(),
+            }
+        }
+    }
+}
