@@ -30,6 +30,10 @@ pub enum LoadError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error(
+        "this binary was built with AYA_BUILD_SKIP and carries no eBPF object; rebuild without it"
+    )]
+    NotBuilt,
     #[error("map {0} is missing from the eBPF object or has the wrong type")]
     Map(&'static str),
 }
@@ -73,6 +77,9 @@ const OPTIONAL: &[&str] = &[
 
 /// Loads every program, attaches the tracepoints; uprobes are attached later per file.
 pub fn load(options: LoadOptions) -> Result<Kernel, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NotBuilt);
+    }
     let pid = std::process::id();
     let mut ebpf = EbpfLoader::new()
         .override_global("SELF_TGID", &pid, true)
