@@ -357,7 +357,7 @@ pub(crate) struct Iovec {
 #[inline(never)]
 pub extern "C" fn apimon_emit_step() -> i64 {
     let (id, _, _) = current();
-    let Some(op) = EMITS.get_ptr_mut(&id) else {
+    let Some(op) = EMITS.get_ptr_mut(id) else {
         return 1;
     };
     // SAFETY: map value pointer, valid for this program run; only this thread uses the entry.
@@ -412,7 +412,7 @@ const MAX_STEPS: u32 = CHUNKS_PER_OP + IOV_MAX_WALK + 1;
 
 #[inline(always)]
 fn run(id: u64, op: &Op) {
-    if EMITS.insert(&id, op, 0).is_err() {
+    if EMITS.insert(id, op, 0).is_err() {
         count(counter::ARGS_MAP_FULL, 1);
         return;
     }
@@ -421,7 +421,7 @@ fn run(id: u64, op: &Op) {
             break;
         }
     }
-    let _ = EMITS.remove(&id);
+    let _ = EMITS.remove(id);
 }
 
 /// Forwards `op.len` bytes from the buffer at `src` in records of up to [`CHUNK_MAX`].

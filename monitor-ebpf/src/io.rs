@@ -126,7 +126,7 @@ fn enter_with(fd: u64, read: bool, kind: u32, buffer: impl FnOnce() -> Option<(u
         return 0;
     }
     let fd = fd as u32;
-    let Some(st) = FDS.get_ptr_mut(&FdKey { tgid, fd }) else {
+    let Some(st) = FDS.get_ptr_mut(FdKey { tgid, fd }) else {
         return 0;
     };
     // SAFETY: map value pointer, valid for this program run.
@@ -150,7 +150,7 @@ fn enter_with(fd: u64, read: bool, kind: u32, buffer: impl FnOnce() -> Option<(u
                         _pad: 0,
                         conn_id: st.conn_id,
                     };
-                    let _ = LAST_TLS_READ.insert(&id, &sock, 0);
+                    let _ = LAST_TLS_READ.insert(id, sock, 0);
                 }
                 return 0;
             }
@@ -223,7 +223,7 @@ fn exit(ctx: &TracePointContext) -> u32 {
     if ret <= 0 || (args.op != op::BUF && args.op != op::IOV && args.op != op::SENDFILE) {
         return 0;
     }
-    let Some(st) = FDS.get_ptr_mut(&FdKey { tgid, fd: args.fd }) else {
+    let Some(st) = FDS.get_ptr_mut(FdKey { tgid, fd: args.fd }) else {
         return 0;
     };
     // SAFETY: map value pointer, valid for this program run.

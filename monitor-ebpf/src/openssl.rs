@@ -69,7 +69,7 @@ fn entry(ctx: &ProbeContext, calls: &LruHashMap<u64, SslCall>, len_ptr: u64) -> 
         fd: FD_UNSET,
         _pad: 0,
     };
-    let _ = calls.insert(&id, &call, 0);
+    let _ = calls.insert(id, call, 0);
     0
 }
 
@@ -77,10 +77,10 @@ fn entry(ctx: &ProbeContext, calls: &LruHashMap<u64, SslCall>, len_ptr: u64) -> 
 fn ret(ctx: &RetProbeContext, calls: &LruHashMap<u64, SslCall>, read: bool) -> u32 {
     let (id, tgid, _) = current();
     // SAFETY: copied out before the remove.
-    let Some(call) = (unsafe { calls.get(&id) }).copied() else {
+    let Some(call) = (unsafe { calls.get(id) }).copied() else {
         return 0;
     };
-    let _ = calls.remove(&id);
+    let _ = calls.remove(id);
     let ret: u64 = ctx.ret();
     let ret = ret as i32;
     // Learn which socket this SSL* runs on even from calls that move no data: node calls
@@ -103,16 +103,16 @@ fn ret(ctx: &RetProbeContext, calls: &LruHashMap<u64, SslCall>, read: bool) -> u
             _pad: 0,
             conn_id: call.conn_id,
         };
-        let _ = SSL_SOCK.insert(&key, &sock, 0);
+        let _ = SSL_SOCK.insert(key, sock, 0);
     // SAFETY: copied out at once.
-    } else if let Some(known) = unsafe { SSL_SOCK.get(&key) }.copied() {
+    } else if let Some(known) = unsafe { SSL_SOCK.get(key) }.copied() {
         // No syscall this time: buffered bytes, or OpenSSL fed from memory.
         sock = known;
     // SAFETY: copied out at once.
-    } else if let Some(last) = unsafe { LAST_TLS_READ.get(&id) }.copied() {
+    } else if let Some(last) = unsafe { LAST_TLS_READ.get(id) }.copied() {
         // First call of an SSL* fed from memory: the socket this thread last read ciphertext
         // from is the one this session's handshake came through.
-        let _ = SSL_SOCK.insert(&key, &last, 0);
+        let _ = SSL_SOCK.insert(key, last, 0);
         sock = last;
     }
     let n = if call.len_ptr == 0 {
@@ -143,7 +143,7 @@ fn ret(ctx: &RetProbeContext, calls: &LruHashMap<u64, SslCall>, read: bool) -> u
 /// The tracked connection `sock` refers to, if it is still the same one.
 #[inline(always)]
 fn conn_of(tgid: u32, sock: &SockRef) -> Option<&'static mut ConnState> {
-    let st = FDS.get_ptr_mut(&FdKey { tgid, fd: sock.fd })?;
+    let st = FDS.get_ptr_mut(FdKey { tgid, fd: sock.fd })?;
     // SAFETY: map value pointer, valid for this program run.
     let st = unsafe { &mut *st };
     (st.kind == fd_kind::CONN && st.conn_id == sock.conn_id).then_some(st)
@@ -175,7 +175,7 @@ fn emit_plaintext(st: &mut ConnState, fd: u32, buf: u64, n: u64, read: bool) {
 #[inline(always)]
 pub(crate) fn nested_syscall(id: u64, fd: u32, st: &ConnState, read: bool) -> bool {
     let calls = if read { &SSL_READ } else { &SSL_WRITE };
-    let Some(call) = calls.get_ptr_mut(&id) else {
+    let Some(call) = calls.get_ptr_mut(id) else {
         return false;
     };
     // SAFETY: map value pointer, valid for this program run.

@@ -23,7 +23,7 @@ const EINPROGRESS: i64 = 115;
 /// Stashes a syscall's arguments for its exit.
 #[inline(always)]
 pub(crate) fn stash(id: u64, args: &SyscallArgs) {
-    if SYSCALL_ARGS.insert(&id, args, 0).is_err() {
+    if SYSCALL_ARGS.insert(id, args, 0).is_err() {
         count(counter::ARGS_MAP_FULL, 1);
     }
 }
@@ -32,8 +32,8 @@ pub(crate) fn stash(id: u64, args: &SyscallArgs) {
 #[inline(always)]
 pub(crate) fn take_args(id: u64) -> Option<SyscallArgs> {
     // SAFETY: copied out before the remove below; the entry is only written by this thread.
-    let args = unsafe { SYSCALL_ARGS.get(&id) }.copied()?;
-    let _ = SYSCALL_ARGS.remove(&id);
+    let args = unsafe { SYSCALL_ARGS.get(id) }.copied()?;
+    let _ = SYSCALL_ARGS.remove(id);
     Some(args)
 }
 
@@ -42,7 +42,7 @@ pub(crate) fn take_args(id: u64) -> Option<SyscallArgs> {
 /// reading that uninitialized register.
 #[inline(always)]
 fn fd_kind_of(tgid: u32, fd: u32) -> u8 {
-    match FDS.get_ptr(&FdKey { tgid, fd }) {
+    match FDS.get_ptr(FdKey { tgid, fd }) {
         // SAFETY: a map value pointer; only a byte is read.
         Some(s) => unsafe { (*s).kind },
         None => 0,
@@ -89,7 +89,7 @@ pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
         tgid,
         fd: fd as u32,
     };
-    if FDS.insert(&key, &ConnState::socket(kind), 0).is_err() {
+    if FDS.insert(key, ConnState::socket(kind), 0).is_err() {
         count(counter::FDS_MAP_FULL, 1);
     }
     0
@@ -222,7 +222,7 @@ fn open_conn(tgid: u32, tid: u32, fd: u32, conn_role: u8, addr: u64, verified: b
     let conn_id = next_conn_id();
     let key = FdKey { tgid, fd };
     if FDS
-        .insert(&key, &ConnState::new_conn(conn_id, budget::FRESH), 0)
+        .insert(key, ConnState::new_conn(conn_id, budget::FRESH), 0)
         .is_err()
     {
         count(counter::FDS_MAP_FULL, 1);
@@ -258,10 +258,10 @@ fn open_conn(tgid: u32, tid: u32, fd: u32, conn_role: u8, addr: u64, verified: b
                 rec.raddr = [
                     v4[4], v4[5], v4[6], v4[7], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ];
-            } else if family == AF_INET6 {
-                if let Some(v6) = read_user_value::<SockaddrIn6>(addr) {
-                    rec.raddr = v6.addr;
-                }
+            } else if family == AF_INET6
+                && let Some(v6) = read_user_value::<SockaddrIn6>(addr)
+            {
+                rec.raddr = v6.addr;
             }
         }
     }
@@ -275,7 +275,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         tgid,
         fd: syscall_arg(&ctx, 0) as u32,
     };
-    let Some(st) = FDS.get_ptr(&key) else {
+    let Some(st) = FDS.get_ptr(key) else {
         return 0;
     };
     // SAFETY: map value pointer, copied out at once.
@@ -294,6 +294,6 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
             seq: st.seq,
         });
     }
-    let _ = FDS.remove(&key);
+    let _ = FDS.remove(key);
     0
 }

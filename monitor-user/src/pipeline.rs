@@ -263,10 +263,10 @@ impl Pipeline {
     }
 
     fn flush(&mut self) {
-        if let Some(events) = self.events.as_mut() {
-            if let Err(e) = events.flush() {
-                warn!("writing events failed: {e}");
-            }
+        if let Some(events) = self.events.as_mut()
+            && let Err(e) = events.flush()
+        {
+            warn!("writing events failed: {e}");
         }
     }
 
@@ -289,11 +289,11 @@ impl Pipeline {
                     };
                     let call = self.analyzer.call(&ctx, &x);
                     self.metrics.record_call(&call);
-                    if let Some(events) = self.events.as_mut() {
-                        if let Err(e) = events.write(&call) {
-                            warn!("writing events failed: {e}");
-                            self.metrics.lost.with_label_values(&["output_error"]).inc();
-                        }
+                    if let Some(events) = self.events.as_mut()
+                        && let Err(e) = events.write(&call)
+                    {
+                        warn!("writing events failed: {e}");
+                        self.metrics.lost.with_label_values(&["output_error"]).inc();
                     }
                 }
                 ConnEvent::ParseError(e) => self

@@ -247,10 +247,10 @@ impl Agent {
             if self.scrape().lines().any(|l| l == "apimon_ready 1") {
                 return;
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("apimon exited ({status}) before ready:\n{}", self.log());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("apimon exited ({status}) before ready:\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,

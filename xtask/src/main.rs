@@ -45,6 +45,15 @@ enum Task {
     },
     /// Lint host crates and the eBPF crate (for its own target), and check formatting.
     Lint,
+    /// Fuzz a target (http_session, records) with cargo-fuzz for a while.
+    Fuzz {
+        /// Fuzz target name.
+        #[arg(default_value = "http_session")]
+        target: String,
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -64,6 +73,7 @@ fn main() -> Result<()> {
         }
         Task::Test { filter } => test(filter.as_deref()),
         Task::Lint => lint(),
+        Task::Fuzz { target, seconds } => fuzz(&target, seconds),
     }
 }
 
@@ -78,6 +88,19 @@ fn cargo() -> Result<Command> {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root())
         .env("PATH", toolchain::path_with_cargo_bin()?);
+    Ok(cmd)
+}
+
+/// A nightly cargo command (the eBPF crate and cargo-fuzz need nightly), rooted at the
+/// workspace, with bpf-linker on PATH.
+fn cargo_nightly() -> Result<Command> {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", toolchain::NIGHTLY, "cargo"])
+        .current_dir(workspace_root())
+        .env("PATH", toolchain::path_with_cargo_bin()?)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC");
     Ok(cmd)
 }
 
@@ -156,9 +179,8 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo()?
+    run(cargo_nightly()?
         .args([
-            &format!("+{}", toolchain::NIGHTLY),
             "clippy",
             "--package",
             "monitor-ebpf",
@@ -176,4 +198,28 @@ fn lint() -> Result<()> {
             "RUSTFLAGS",
             format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH),
         ))
+}
+
+fn fuzz(target: &str, seconds: u64) -> Result<()> {
+    toolchain::ensure()?;
+    let has_cargo_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .env("PATH", toolchain::path_with_cargo_bin()?)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_fuzz {
+        run(cargo()?.args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    // The fuzzed code is userspace only: skip building the eBPF object under sanitizers.
+    run(cargo_nightly()?
+        .args([
+            "fuzz",
+            "run",
+            target,
+            "--fuzz-dir",
+            "fuzz",
+            "--",
+            &format!("-max_total_time={seconds}"),
+        ])
+        .env("AYA_BUILD_SKIP", "1"))
 }

@@ -17,6 +17,8 @@ const NEEDED: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),
     ("wrk", "wrk"),
     ("bpftrace", "bpftrace"),
+    ("bpftool", "bpftool"),
+    ("setpriv", "util-linux"),
 ];
 
 fn has_command(name: &str) -> bool {

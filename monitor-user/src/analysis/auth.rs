@@ -106,10 +106,10 @@ pub fn auth_of(head: &Head, query: Option<&str>) -> Auth {
     if let Some(q) = query {
         for pair in q.split('&') {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if !value.is_empty() {
-                if let Some(a) = is_key_param(name) {
-                    return a;
-                }
+            if !value.is_empty()
+                && let Some(a) = is_key_param(name)
+            {
+                return a;
             }
         }
     }

@@ -42,14 +42,13 @@ pub fn is_value_segment(seg: &str) -> bool {
         return true;
     }
     // Short ids with a prefix and digits, as many APIs mint them: cus_9s8d7f, ord-12345.
-    if let Some((prefix, rest)) = seg.split_once(['_', '-']) {
-        if prefix.len() <= 6
-            && rest.len() >= 6
-            && rest.bytes().any(|b| b.is_ascii_digit())
-            && rest.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
-            return true;
-        }
+    if let Some((prefix, rest)) = seg.split_once(['_', '-'])
+        && prefix.len() <= 6
+        && rest.len() >= 6
+        && rest.bytes().any(|b| b.is_ascii_digit())
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return true;
     }
     false
 }

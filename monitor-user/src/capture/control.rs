@@ -188,13 +188,13 @@ impl Control {
             }
             Request::Mute { pid, fd, conn_id } => {
                 let key = FdKey { tgid: pid, fd };
-                if let Ok(mut st) = self.fds.get(&key, 0) {
-                    if st.conn_id == conn_id {
-                        st.raw_proto = proto::OTHER;
-                        st.tls_proto = proto::OTHER;
-                        // BPF_EXIST: never recreate an entry the kernel removed meanwhile.
-                        let _ = self.fds.insert(key, st, BPF_EXIST);
-                    }
+                if let Ok(mut st) = self.fds.get(&key, 0)
+                    && st.conn_id == conn_id
+                {
+                    st.raw_proto = proto::OTHER;
+                    st.tls_proto = proto::OTHER;
+                    // BPF_EXIST: never recreate an entry the kernel removed meanwhile.
+                    let _ = self.fds.insert(key, st, BPF_EXIST);
                 }
             }
             Request::Forget { pid, fds } => {

@@ -134,17 +134,17 @@ pub fn load(options: LoadOptions) -> Result<Kernel, LoadError> {
         ebpf.take_map(common::maps::EVENTS)
             .ok_or(LoadError::Map("EVENTS"))?,
     )
-    .map_err(|_| LoadError::Map("EVENTS"))?;
+    .map_err(|_wrong_type| LoadError::Map("EVENTS"))?;
     let fds = HashMap::try_from(
         ebpf.take_map(common::maps::FDS)
             .ok_or(LoadError::Map("FDS"))?,
     )
-    .map_err(|_| LoadError::Map("FDS"))?;
+    .map_err(|_wrong_type| LoadError::Map("FDS"))?;
     let counters = PerCpuArray::try_from(
         ebpf.take_map(common::maps::COUNTERS)
             .ok_or(LoadError::Map("COUNTERS"))?,
     )
-    .map_err(|_| LoadError::Map("COUNTERS"))?;
+    .map_err(|_wrong_type| LoadError::Map("COUNTERS"))?;
     Ok(Kernel {
         ebpf,
         ring,

@@ -229,10 +229,10 @@ fn attach_one(
 fn detach_all(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
     for (program, link) in links {
         let prog: Option<&mut UProbe> = ebpf.program_mut(program).and_then(|p| p.try_into().ok());
-        if let Some(prog) = prog {
-            if let Err(e) = prog.detach(link) {
-                warn!("detaching {program}: {e}");
-            }
+        if let Some(prog) = prog
+            && let Err(e) = prog.detach(link)
+        {
+            warn!("detaching {program}: {e}");
         }
     }
 }

@@ -32,7 +32,7 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub enum ConnEvent {
     /// A finished exchange and the connection it happened on.
-    Exchange(Arc<ConnInfo>, Exchange),
+    Exchange(Arc<ConnInfo>, Box<Exchange>),
     /// Bytes that could not be parsed.
     ParseError(ParseError),
     /// A response no request waited for.
@@ -277,14 +277,14 @@ impl ConnTable {
         if let (Some(session), Some(seq), Some(tls)) = (conn.session.as_mut(), seq, conn.tls) {
             for read in [false, true] {
                 let idx = stream_index(tls, read);
-                if let Some(e) = conn.expected[idx] {
-                    if seq[idx] > e {
-                        session.gap(
-                            direction_of(conn.info.role, read),
-                            seq[idx] - e,
-                            conn.last_ts,
-                        );
-                    }
+                if let Some(e) = conn.expected[idx]
+                    && seq[idx] > e
+                {
+                    session.gap(
+                        direction_of(conn.info.role, read),
+                        seq[idx] - e,
+                        conn.last_ts,
+                    );
                 }
             }
         }
@@ -317,11 +317,11 @@ impl ConnTable {
     pub fn tick(&mut self, now: u64, out: &mut Vec<ConnEvent>) {
         let deadline = now.saturating_sub(self.config.response_timeout_ns);
         for conn in self.conns.values_mut() {
-            if let Some(session) = conn.session.as_mut() {
-                if session.pending() > 0 {
-                    session.expire(deadline);
-                    Self::drain(conn, out);
-                }
+            if let Some(session) = conn.session.as_mut()
+                && session.pending() > 0
+            {
+                session.expire(deadline);
+                Self::drain(conn, out);
             }
         }
     }

@@ -218,8 +218,12 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, ParseError> {
     if digits.is_empty() || digits.len() > 16 {
         return Err(ParseError::BadChunk);
     }
-    let text = std::str::from_utf8(digits).map_err(|_| ParseError::BadChunk)?;
-    u64::from_str_radix(text, 16).map_err(|_| ParseError::BadChunk)
+    let text = std::str::from_utf8(digits)
+        .ok()
+        .ok_or(ParseError::BadChunk)?;
+    u64::from_str_radix(text, 16)
+        .ok()
+        .ok_or(ParseError::BadChunk)
 }
 
 fn parse_header_line(line: &[u8]) -> Option<Header> {

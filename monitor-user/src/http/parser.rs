@@ -218,16 +218,15 @@ impl StreamParser {
         if n == 0 {
             return;
         }
-        if self.start == self.buf.len() {
-            if let State::Body(partial) = &mut self.state {
-                if partial.decoder.gap(n, &mut partial.body).is_ok() {
-                    partial.last_ts = ts;
-                    if partial.decoder.is_done() {
-                        self.finish(true, sink);
-                    }
-                    return;
-                }
+        if self.start == self.buf.len()
+            && let State::Body(partial) = &mut self.state
+            && partial.decoder.gap(n, &mut partial.body).is_ok()
+        {
+            partial.last_ts = ts;
+            if partial.decoder.is_done() {
+                self.finish(true, sink);
             }
+            return;
         }
         match self.state {
             State::Resync => {}
@@ -420,10 +419,10 @@ impl StreamParser {
             first_ts,
             last_ts: ts,
         }));
-        if let State::Body(p) = &self.state {
-            if p.decoder.is_done() {
-                self.finish(true, sink);
-            }
+        if let State::Body(p) = &self.state
+            && p.decoder.is_done()
+        {
+            self.finish(true, sink);
         }
         true
     }
@@ -542,7 +541,7 @@ fn content_length(head: &Head) -> Result<Option<u64>, ParseError> {
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(ParseError::BadLength);
             }
-            let n: u64 = part.parse().map_err(|_| ParseError::BadLength)?;
+            let n: u64 = part.parse().ok().ok_or(ParseError::BadLength)?;
             if found.is_some_and(|f| f != n) {
                 return Err(ParseError::BadLength);
             }

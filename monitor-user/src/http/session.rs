@@ -21,7 +21,7 @@ pub struct Exchange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionEvent {
     /// A request with its response, or one whose response will not come (closed, timed out).
-    Exchange(Exchange),
+    Exchange(Box<Exchange>),
     /// Bytes that could not be parsed in one direction.
     Error(Direction, ParseError),
     /// A response that no request was waiting for (joined mid-stream, or lost bytes).
@@ -55,19 +55,19 @@ impl Pairing {
             last_ts: pending.started_ts,
             complete: false,
         });
-        self.events.push(SessionEvent::Exchange(Exchange {
+        self.events.push(SessionEvent::Exchange(Box::new(Exchange {
             request,
             response: None,
-        }));
+        })));
     }
 }
 
 impl Sink for Pairing {
     fn request_started(&mut self, head: &Head, ts: u64) {
-        if self.pending.len() >= MAX_PENDING {
-            if let Some(oldest) = self.pending.pop_front() {
-                self.give_up(oldest);
-            }
+        if self.pending.len() >= MAX_PENDING
+            && let Some(oldest) = self.pending.pop_front()
+        {
+            self.give_up(oldest);
         }
         self.pending.push_back(Pending {
             head: head.clone(),
@@ -120,10 +120,10 @@ impl Sink for Pairing {
                         complete: false,
                     },
                 };
-                self.events.push(SessionEvent::Exchange(Exchange {
+                self.events.push(SessionEvent::Exchange(Box::new(Exchange {
                     request,
                     response: Some(message),
-                }));
+                })));
                 if self.upgraded {
                     self.events.push(SessionEvent::Upgraded);
                 }

@@ -15,13 +15,16 @@ fn session() -> Session {
 fn exchanges(s: &mut Session) -> Vec<Exchange> {
     s.drain()
         .filter_map(|e| match e {
-            SessionEvent::Exchange(x) => Some(x),
+            SessionEvent::Exchange(x) => Some(*x),
             _ => None,
         })
         .collect()
 }
 
-fn summary(x: &Exchange) -> (String, String, Option<u16>, u64, Option<u64>) {
+/// (method, target, status, request body size, response body size)
+type Summary = (String, String, Option<u16>, u64, Option<u64>);
+
+fn summary(x: &Exchange) -> Summary {
     let (method, target) = match &x.request.head.start {
         StartLine::Request { method, target } => (method.clone(), target.clone()),
         StartLine::Response { .. } => panic!("request side holds a response"),
@@ -441,7 +444,7 @@ fn feed(s: &mut Session, dir: Direction, bytes: &[u8], cuts: &[usize]) {
     }
 }
 
-fn expected(calls: &[Call]) -> Vec<(String, String, Option<u16>, u64, Option<u64>)> {
+fn expected(calls: &[Call]) -> Vec<Summary> {
     calls
         .iter()
         .map(|c| {

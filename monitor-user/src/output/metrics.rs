@@ -126,6 +126,18 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
+/// Every `reason` of `apimon_events_lost_total`.
+pub const LOST_REASONS: &[&str] = &[
+    "ringbuf_full",
+    "ringbuf_full_control",
+    "tls_no_socket",
+    "args_map_full",
+    "fds_map_full",
+    "read_failed",
+    "decode_error",
+    "output_error",
+];
+
 const CALL_LABELS: &[&str] = &["direction", "host", "tls", "third_party"];
 
 impl Metrics {
@@ -250,6 +262,10 @@ impl Metrics {
             requests,
             duration,
         };
+        // Zero series for every loss reason, so that dashboards and alerts see them from the start.
+        for reason in LOST_REASONS {
+            metrics.lost.with_label_values(&[reason]).inc_by(0);
+        }
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::new(
