@@ -170,50 +170,27 @@ fn enter_with(fd: u64, read: bool, kind: u32, buffer: impl FnOnce() -> Option<(u
     0
 }
 
-#[tracepoint]
-pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
+/// Every exit does the same: look at what this thread stashed at entry.
+macro_rules! exits {
+    ($($name:ident),* $(,)?) => {$(
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            exit(&ctx)
+        }
+    )*};
 }
 
-#[tracepoint]
-pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
-}
+exits!(
+    sys_exit_read,
+    sys_exit_write,
+    sys_exit_recvfrom,
+    sys_exit_sendto,
+    sys_exit_readv,
+    sys_exit_writev,
+    sys_exit_recvmsg,
+    sys_exit_sendmsg,
+    sys_exit_sendfile64,
+);
 
 #[inline(always)]
 fn exit(ctx: &TracePointContext) -> u32 {

@@ -21,6 +21,10 @@ use serde_json::Value;
 pub const API_ADDR: &str = "198.51.100.10";
 /// The host side of the link to it.
 pub const HOST_ADDR: &str = "198.51.100.1";
+/// The third party's IPv6 address (documentation prefix).
+pub const API_ADDR6: &str = "2001:db8::10";
+/// The host side's IPv6 address.
+pub const HOST_ADDR6: &str = "2001:db8::1";
 /// The name clients use for it.
 pub const API_HOST: &str = "api.partner.test";
 
@@ -84,6 +88,15 @@ impl ThirdParty {
         ]);
         ip(&["link", "set", ns_if, "netns", &netns]);
         ip(&["addr", "add", &format!("{HOST_ADDR}/24"), "dev", host_if]);
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{HOST_ADDR6}/64"),
+            "dev",
+            host_if,
+            "nodad",
+        ]);
         ip(&["link", "set", host_if, "up"]);
         let in_ns = |args: &[&str]| {
             let mut all = vec!["netns", "exec", netns.as_str()];
@@ -91,6 +104,16 @@ impl ThirdParty {
             ip(&all);
         };
         in_ns(&["ip", "addr", "add", &format!("{API_ADDR}/24"), "dev", ns_if]);
+        in_ns(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{API_ADDR6}/64"),
+            "dev",
+            ns_if,
+            "nodad",
+        ]);
         in_ns(&["ip", "link", "set", ns_if, "up"]);
         in_ns(&["ip", "link", "set", "lo", "up"]);
 
@@ -120,7 +143,7 @@ impl ThirdParty {
         let mut server = Command::new("ip")
             .args(["netns", "exec", &netns, "python3"])
             .arg(fixture("server.py"))
-            .args([API_ADDR, "8080", "8443"])
+            .args(["8080", "8443"])
             .arg(dir.join("cert.pem"))
             .arg(dir.join("key.pem"))
             .stdout(Stdio::piped())
@@ -133,6 +156,7 @@ impl ThirdParty {
             .expect("server says it listens");
         assert_eq!(line.trim(), "listening", "API server did not start");
         wait_for_port(&format!("{API_ADDR}:8443"));
+        wait_for_port(&format!("[{API_ADDR6}]:8080"));
         Self { netns, server, dir }
     }
 

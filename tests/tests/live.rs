@@ -9,7 +9,8 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    API_ADDR, API_HOST, Agent, ThirdParty, calls_of, can_run, expect, fixture, run_client, shape,
+    API_ADDR, API_ADDR6, API_HOST, Agent, ThirdParty, calls_of, can_run, expect, fixture,
+    run_client, shape,
 };
 
 fn curl(api: &ThirdParty, url_path: &str, tls: bool) -> Command {
@@ -263,6 +264,135 @@ fn connection_opened_before_the_agent_started() {
             expect("POST", "/after/plain/2", 201, "egress", false),
             expect("GET", "/after/tls/1", 200, "egress", true),
             expect("POST", "/after/tls/2", 201, "egress", true),
+        ]
+    );
+}
+
+#[test]
+fn ipv6_plain_and_tls() {
+    if !can_run("ipv6_plain_and_tls") {
+        return;
+    }
+    let api = ThirdParty::start();
+    let agent = Agent::start();
+    let mut plain = Command::new("curl");
+    plain.args([
+        "-sS",
+        "--fail",
+        "-o",
+        "/dev/null",
+        &format!("http://[{API_ADDR6}]:8080/v6/plain"),
+        "-H",
+        &format!("Host: {API_HOST}"),
+    ]);
+    let plain = run_client(&mut plain);
+    let mut tls = Command::new("curl");
+    tls.args([
+        "-sS",
+        "--fail",
+        "-o",
+        "/dev/null",
+        "--resolve",
+        &format!("{API_HOST}:8443:[{API_ADDR6}]"),
+    ])
+    .arg("--cacert")
+    .arg(api.ca())
+    .arg(format!("https://{API_HOST}:8443/v6/secure"));
+    let tls = run_client(&mut tls);
+    let events = agent.stop();
+    let p = calls_of(&events, plain);
+    assert_eq!(
+        shapes(&p),
+        vec![expect("GET", "/v6/plain", 200, "egress", false)]
+    );
+    assert_eq!(p[0]["remote_addr"], format!("[{API_ADDR6}]:8080"));
+    let t = calls_of(&events, tls);
+    assert_eq!(
+        shapes(&t),
+        vec![expect("GET", "/v6/secure", 200, "egress", true)]
+    );
+    assert_eq!(t[0]["remote_addr"], format!("[{API_ADDR6}]:8443"));
+}
+
+#[test]
+fn a_response_that_never_comes_is_reported_without_status() {
+    if !can_run("a_response_that_never_comes_is_reported_without_status") {
+        return;
+    }
+    let api = ThirdParty::start();
+    let agent = Agent::start();
+    let mut hang = curl(&api, "/hang", true);
+    hang.args(["--max-time", "1"]);
+    // curl gives up (exit 28): what matters is what the agent reports.
+    let child = hang
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("curl");
+    let pid = child.id();
+    let _ = child.wait_with_output();
+    let counted = |m: &str| {
+        m.lines().any(|l| {
+            l.starts_with("apimon_http_requests_total{")
+                && l.contains("host=\"api.partner.test\"")
+                && l.contains("status_class=\"none\"")
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut metrics = agent.scrape();
+    while !counted(&metrics) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        metrics = agent.scrape();
+    }
+    let events = agent.stop();
+    let calls = calls_of(&events, pid);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["path"], "/hang");
+    assert!(calls[0]["status"].is_null());
+    assert_eq!(calls[0]["error"], "no_response");
+    assert!(calls[0]["duration_ms"].is_null());
+    // Metrics count the calls by destination.
+    assert!(counted(&metrics), "{metrics}");
+}
+
+#[test]
+fn a_libssl_loaded_while_running_is_probed() {
+    if !can_run("a_libssl_loaded_while_running_is_probed") {
+        return;
+    }
+    let api = ThirdParty::start();
+    // A private copy of OpenSSL: a file (inode) the agent has never seen, mapped by a process
+    // started after the agent, as a container's or a virtualenv's own libssl would be.
+    let libs = api.dir.join("private-openssl");
+    std::fs::create_dir_all(&libs).expect("lib dir");
+    for lib in ["libssl.so.3", "libcrypto.so.3"] {
+        let from = [
+            "/usr/lib/x86_64-linux-gnu",
+            "/lib/x86_64-linux-gnu",
+            "/usr/lib64",
+            "/usr/lib",
+        ]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(lib))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{lib} not found"));
+        std::fs::copy(&from, libs.join(lib)).expect("copy OpenSSL");
+    }
+    let agent = Agent::start();
+    let mut client = python(&api, "post-after-import", &[]);
+    client.env("LD_LIBRARY_PATH", &libs);
+    let pid = run_client(&mut client);
+    let log = agent.log();
+    let events = agent.stop();
+    assert!(
+        log.contains("private-openssl/libssl.so.3"),
+        "the copy was not probed:\n{log}"
+    );
+    assert_eq!(
+        shapes(&calls_of(&events, pid)),
+        vec![
+            expect("POST", "/v1/items", 201, "egress", true),
+            expect("GET", "/v1/items/7", 200, "egress", true)
         ]
     );
 }

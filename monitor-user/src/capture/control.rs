@@ -170,14 +170,16 @@ impl Control {
     fn handle(&mut self, request: Request, notices: &Sender<Notice>) {
         match request {
             Request::Scan { pid, exec } => {
+                // A library was just mapped: look at once, the process may use it within
+                // milliseconds. Right after exec the loader has not mapped the libraries yet:
+                // look now and twice more. Files already seen cost a map lookup each.
                 let now = Instant::now();
-                // Right after exec the loader has not mapped the libraries yet: look now and
-                // again twice; a mapping event needs one look.
                 let entry = self.scans.entry(pid).or_insert((now, 0));
-                entry.0 = entry.0.min(now + Duration::from_millis(2));
+                entry.0 = now;
                 if exec {
                     entry.1 = 2;
                 }
+                self.run_due_scans();
             }
             Request::Resolve { pid, fd, conn_id } => {
                 let remote = backfill::resolve(pid, fd);

@@ -44,17 +44,24 @@ struct Pairing {
     upgraded: bool,
 }
 
-impl Pairing {
-    fn give_up(&mut self, pending: Pending) {
-        let request = pending.message.unwrap_or_else(|| Message {
-            head: pending.head,
+impl Pending {
+    /// The request as far as it got: whole if it ended, else its head alone.
+    fn into_request(self) -> Message {
+        self.message.unwrap_or_else(|| Message {
+            head: self.head,
             body: super::Body::default(),
             trailers: Vec::new(),
             head_bytes: 0,
-            first_ts: pending.started_ts,
-            last_ts: pending.started_ts,
+            first_ts: self.started_ts,
+            last_ts: self.started_ts,
             complete: false,
-        });
+        })
+    }
+}
+
+impl Pairing {
+    fn give_up(&mut self, pending: Pending) {
+        let request = pending.into_request();
         self.events.push(SessionEvent::Exchange(Box::new(Exchange {
             request,
             response: None,
@@ -108,18 +115,7 @@ impl Sink for Pairing {
                 if status == 101 || (connect && (200..300).contains(&status)) {
                     self.upgraded = true;
                 }
-                let request = match pending.message {
-                    Some(m) => m,
-                    None => Message {
-                        head: pending.head,
-                        body: super::Body::default(),
-                        trailers: Vec::new(),
-                        head_bytes: 0,
-                        first_ts: pending.started_ts,
-                        last_ts: pending.started_ts,
-                        complete: false,
-                    },
-                };
+                let request = pending.into_request();
                 self.events.push(SessionEvent::Exchange(Box::new(Exchange {
                     request,
                     response: Some(message),

@@ -24,6 +24,17 @@ fn exchanges(s: &mut Session) -> Vec<Exchange> {
 /// (method, target, status, request body size, response body size)
 type Summary = (String, String, Option<u16>, u64, Option<u64>);
 
+/// Request targets of the exchanges among `events`, in order.
+fn targets(events: &[SessionEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::Exchange(x) => Some(summary(x).1),
+            _ => None,
+        })
+        .collect()
+}
+
 fn summary(x: &Exchange) -> Summary {
     let (method, target) = match &x.request.head.start {
         StartLine::Request { method, target } => (method.clone(), target.clone()),
@@ -210,14 +221,7 @@ fn garbage_between_messages_is_skipped() {
         2,
     );
     let events: Vec<_> = s.drain().collect();
-    let targets: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            SessionEvent::Exchange(x) => Some(summary(x).1),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(targets, vec!["/1", "/2"]);
+    assert_eq!(targets(&events), vec!["/1", "/2"]);
     assert!(
         events
             .iter()
@@ -303,14 +307,7 @@ fn huge_head_is_rejected_and_memory_stays_bounded() {
         Direction::Requests,
         ParseError::HeadTooLarge
     )));
-    let targets: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            SessionEvent::Exchange(x) => Some(summary(x).1),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(targets, vec!["/ok"]);
+    assert_eq!(targets(&events), vec!["/ok"]);
 }
 
 #[test]
