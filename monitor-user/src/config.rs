@@ -35,6 +35,97 @@ pub struct Config {
     pub output: OutputConfig,
     pub destinations: DestinationsConfig,
     pub metrics: MetricsConfig,
+    pub privacy: PrivacyConfig,
+    pub analysis: AnalysisConfig,
+    /// The file this came from, for error messages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// How findings protect the values they are about.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Key for `value_hash` (HMAC-SHA256), inline. Prefer `hash_key_file` or `hash_key_env`.
+    pub hash_key: Option<String>,
+    /// File holding the hash key (its first line).
+    pub hash_key_file: Option<PathBuf>,
+    /// Environment variable holding the hash key.
+    pub hash_key_env: Option<String>,
+    /// Regions (ISO 3166 codes) phone numbers without `+` are read in, in order.
+    pub phone_regions: Vec<String>,
+}
+
+/// Limits of the analysis.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalysisConfig {
+    /// Most bytes a compressed body is decoded to.
+    pub max_decoded_bytes: usize,
+    /// Distinct literal path segments per position before it becomes `{id}`.
+    pub route_segment_cardinality: usize,
+    /// Flows (process, host, route) the data map keeps.
+    pub max_flows: usize,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        Self {
+            max_decoded_bytes: 1024 * 1024,
+            route_segment_cardinality: 50,
+            max_flows: 10_000,
+        }
+    }
+}
+
+impl PrivacyConfig {
+    /// The hash key from wherever it is configured (`None`: no hashing).
+    pub fn hash_key(&self, path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
+        if let Some(k) = &self.hash_key {
+            return Ok(Some(k.as_bytes().to_vec()));
+        }
+        if let Some(file) = &self.hash_key_file {
+            let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            return Ok(text
+                .lines()
+                .next()
+                .map(|l| l.trim().as_bytes().to_vec())
+                .filter(|k| !k.is_empty()));
+        }
+        if let Some(var) = &self.hash_key_env {
+            return match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(Some(v.into_bytes())),
+                _ => Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: "privacy.hash_key_env",
+                    message: format!("environment variable {var} is not set"),
+                }),
+            };
+        }
+        Ok(None)
+    }
+
+    /// Phone regions, parsed; `US` when none are configured.
+    pub fn regions(&self, path: &Path) -> Result<Vec<phonenumber::country::Id>, ConfigError> {
+        if self.phone_regions.is_empty() {
+            return Ok(vec![phonenumber::country::Id::US]);
+        }
+        self.phone_regions
+            .iter()
+            .map(|r| {
+                r.to_ascii_uppercase()
+                    .parse()
+                    .map_err(|_unknown| ConfigError::Invalid {
+                        path: path.to_owned(),
+                        key: "privacy.phone_regions",
+                        message: format!("{r} is not an ISO 3166 region code"),
+                    })
+            })
+            .collect()
+    }
 }
 
 /// What is captured and how much is kept.
@@ -83,6 +174,12 @@ pub struct OutputConfig {
     pub events: Option<PathBuf>,
     /// Address of the Prometheus endpoint.
     pub metrics_addr: SocketAddr,
+    /// Data map as JSON, rewritten atomically every `data_map_interval` and at exit.
+    pub data_map: Option<PathBuf>,
+    /// Data map as a Markdown report, written like `data_map`.
+    pub report: Option<PathBuf>,
+    #[serde(deserialize_with = "duration")]
+    pub data_map_interval: Duration,
 }
 
 impl Default for OutputConfig {
@@ -90,6 +187,9 @@ impl Default for OutputConfig {
         Self {
             events: None,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            data_map: None,
+            report: None,
+            data_map_interval: Duration::from_secs(30),
         }
     }
 }
@@ -174,6 +274,19 @@ impl Config {
             return Err(invalid(
                 "capture.response_timeout",
                 "must be longer than zero",
+            ));
+        }
+        self.privacy.regions(path)?;
+        if self.analysis.max_decoded_bytes < 4096 {
+            return Err(invalid(
+                "analysis.max_decoded_bytes",
+                "must be at least 4096",
+            ));
+        }
+        if self.analysis.route_segment_cardinality == 0 {
+            return Err(invalid(
+                "analysis.route_segment_cardinality",
+                "must be at least 1",
             ));
         }
         if self.metrics.max_hosts == 0 {

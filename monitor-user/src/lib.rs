@@ -2,9 +2,11 @@
 //! the calls they serve), plaintext or TLS, and reports them as events and metrics.
 
 pub mod analysis;
+pub mod analyze;
 pub mod capture;
 pub mod config;
 pub mod conn;
+pub mod har;
 pub mod http;
 pub mod output;
 pub mod pipeline;

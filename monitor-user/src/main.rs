@@ -35,6 +35,26 @@ enum Command {
         /// Serve Prometheus metrics on this address (default 127.0.0.1:9464).
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<SocketAddr>,
+        /// Keep the data map (who sends which personal data where) in FILE, as JSON.
+        #[arg(long, value_name = "FILE")]
+        data_map: Option<PathBuf>,
+        /// Keep the data map in FILE as a Markdown report too.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
+    /// Analyse a HAR 1.2 file offline: calls and findings as JSON lines on stdout.
+    Analyze {
+        /// The HAR file (as exported by browsers and proxies).
+        har: PathBuf,
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Write the data map to FILE as JSON.
+        #[arg(long, value_name = "FILE")]
+        data_map: Option<PathBuf>,
+        /// Write the data map to FILE as a Markdown report.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Check whether this host can run the agent, and say what to fix.
     Check,
@@ -59,7 +79,15 @@ fn main() -> ExitCode {
             config,
             events,
             metrics_addr,
-        } => run(config, events, metrics_addr),
+            data_map,
+            report,
+        } => run(config, events, metrics_addr, data_map, report),
+        Command::Analyze {
+            har,
+            config,
+            data_map,
+            report,
+        } => analyze(&har, config, data_map, report),
         Command::Check => return check(),
     };
     match result {
@@ -71,20 +99,58 @@ fn main() -> ExitCode {
     }
 }
 
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    })
+}
+
+fn analyze(
+    har: &std::path::Path,
+    config: Option<PathBuf>,
+    data_map: Option<PathBuf>,
+    report: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let config = load_config(config)?;
+    let s = apimon::analyze::analyze(
+        har,
+        &config,
+        Box::new(std::io::stdout()),
+        data_map.as_deref(),
+        report.as_deref(),
+    )?;
+    tracing::info!(
+        "{} entries, {} calls, {} findings, {:.1} MB in {:.2} s ({:.0} MB/s)",
+        s.entries,
+        s.calls,
+        s.findings,
+        s.bytes as f64 / 1e6,
+        s.seconds,
+        s.bytes as f64 / 1e6 / s.seconds.max(1e-9)
+    );
+    Ok(())
+}
+
 fn run(
     config: Option<PathBuf>,
     events: Option<PathBuf>,
     metrics_addr: Option<SocketAddr>,
+    data_map: Option<PathBuf>,
+    report: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let mut config = match config {
-        Some(path) => Config::load(&path)?,
-        None => Config::default(),
-    };
+    let mut config = load_config(config)?;
     if let Some(e) = events {
         config.output.events = Some(e);
     }
     if let Some(a) = metrics_addr {
         config.output.metrics_addr = a;
+    }
+    if data_map.is_some() {
+        config.output.data_map = data_map;
+    }
+    if report.is_some() {
+        config.output.report = report;
     }
     apimon::run::run(config)
 }

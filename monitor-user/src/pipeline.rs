@@ -15,7 +15,7 @@ use aya::maps::{MapData, RingBuf};
 use tracing::{debug, warn};
 
 use crate::{
-    analysis::{Analyzer, CallContext, CallDirection},
+    analysis::{Analysis, Analyzer, CallContext, CallDirection, datamap::DataMap},
     capture::{
         control::{Notice, Request},
         records::{self, Record, Role},
@@ -98,15 +98,70 @@ impl Default for Clock {
     }
 }
 
+/// Where results go: events, and the data map (kept here, written periodically).
+pub struct Outputs {
+    pub events: Option<EventWriter>,
+    pub data_map: DataMap,
+    pub data_map_path: Option<std::path::PathBuf>,
+    pub report_path: Option<std::path::PathBuf>,
+    pub data_map_interval: Duration,
+}
+
+impl Outputs {
+    /// Events and the data map for one analysed call; counts findings and data flows.
+    pub fn record(&mut self, a: &Analysis, metrics: &Metrics) {
+        metrics.record_call(&a.call);
+        for f in &a.findings {
+            metrics.record_finding(f);
+        }
+        if a.call.third_party {
+            metrics.record_flow(&a.call, &a.data_types);
+        }
+        self.data_map.record(a);
+        if let Some(events) = self.events.as_mut() {
+            let written = events
+                .write(&a.call)
+                .and_then(|()| a.findings.iter().try_for_each(|f| events.write(f)));
+            if let Err(e) = written {
+                warn!("writing events failed: {e}");
+                metrics.lost.with_label_values(&["output_error"]).inc();
+            }
+        }
+    }
+
+    /// Flushes events and rewrites the data map files.
+    pub fn flush(&mut self, write_map: bool) {
+        if let Some(events) = self.events.as_mut() {
+            if let Err(e) = events.flush() {
+                warn!("writing events failed: {e}");
+            }
+        }
+        if !write_map {
+            return;
+        }
+        if let Some(p) = &self.data_map_path {
+            if let Err(e) = self.data_map.write_json(p) {
+                warn!("writing the data map to {} failed: {e}", p.display());
+            }
+        }
+        if let Some(p) = &self.report_path {
+            if let Err(e) = self.data_map.write_markdown(p) {
+                warn!("writing the data map report to {} failed: {e}", p.display());
+            }
+        }
+    }
+}
+
 /// Everything the pipeline thread owns.
 pub struct Pipeline {
     pub table: ConnTable,
     pub analyzer: Analyzer,
-    pub events: Option<EventWriter>,
+    pub outputs: Outputs,
     pub metrics: Arc<Metrics>,
     pub control: Sender<Request>,
     pub clock: Clock,
     out: Vec<ConnEvent>,
+    last_map_write: Instant,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -127,18 +182,19 @@ impl Pipeline {
     pub fn new(
         table: ConnTable,
         analyzer: Analyzer,
-        events: Option<EventWriter>,
+        outputs: Outputs,
         metrics: Arc<Metrics>,
         control: Sender<Request>,
     ) -> Self {
         Self {
             table,
             analyzer,
-            events,
+            outputs,
             metrics,
             control,
             clock: Clock::new(),
             out: Vec::new(),
+            last_map_write: Instant::now(),
         }
     }
 
@@ -251,7 +307,11 @@ impl Pipeline {
         self.metrics
             .buffered
             .set(i64::try_from(self.table.memory()).unwrap_or(i64::MAX));
-        self.flush();
+        let write_map = self.last_map_write.elapsed() >= self.outputs.data_map_interval;
+        if write_map {
+            self.last_map_write = Instant::now();
+        }
+        self.outputs.flush(write_map);
     }
 
     /// Reports what is still in progress and flushes outputs (the agent is stopping).
@@ -259,15 +319,7 @@ impl Pipeline {
         let mut out = std::mem::take(&mut self.out);
         self.table.close_all(&mut out);
         self.emit(&mut out);
-        self.flush();
-    }
-
-    fn flush(&mut self) {
-        if let Some(events) = self.events.as_mut()
-            && let Err(e) = events.flush()
-        {
-            warn!("writing events failed: {e}");
-        }
+        self.outputs.flush(true);
     }
 
     fn emit(&mut self, out: &mut Vec<ConnEvent>) {
@@ -284,17 +336,12 @@ impl Pipeline {
                         tls_lib: info.tls_lib,
                         tls: info.tls_lib.is_some(),
                         remote: info.remote,
-                        started: self.clock.wall(x.request.first_ts),
+                        ts: humantime::format_rfc3339_millis(self.clock.wall(x.request.first_ts))
+                            .to_string(),
                         entry: None,
                     };
-                    let call = self.analyzer.call(&ctx, &x);
-                    self.metrics.record_call(&call);
-                    if let Some(events) = self.events.as_mut()
-                        && let Err(e) = events.write(&call)
-                    {
-                        warn!("writing events failed: {e}");
-                        self.metrics.lost.with_label_values(&["output_error"]).inc();
-                    }
+                    let analysis = self.analyzer.analyze(&ctx, &x);
+                    self.outputs.record(&analysis, &self.metrics);
                 }
                 ConnEvent::ParseError(e) => self
                     .metrics

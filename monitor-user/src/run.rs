@@ -10,7 +10,10 @@ use tokio::{signal::unix::SignalKind, sync::watch};
 use tracing::{info, warn};
 
 use crate::{
-    analysis::{Analyzer, Destinations},
+    analysis::{
+        Analyzer, Destinations, datamap::DataMap, detect::Detector, inspect::Inspector,
+        mask::Hasher, route::Routes,
+    },
     capture::{
         control::Control,
         host::{self, Check, Status},
@@ -20,8 +23,26 @@ use crate::{
     conn::{ConnTable, TableConfig},
     http::Limits,
     output::{events::EventWriter, metrics::Metrics, server},
-    pipeline::Pipeline,
+    pipeline::{Outputs, Pipeline},
 };
+
+/// The analyzer a configuration describes (shared by `run` and `analyze`).
+pub fn analyzer(config: &Config) -> anyhow::Result<Analyzer> {
+    let path = &config.source;
+    let detector = Detector::new(&config.privacy.regions(path)?);
+    let hasher = Hasher::new(config.privacy.hash_key(path)?);
+    let inspector = Inspector::new(detector, hasher, config.analysis.max_decoded_bytes);
+    let destinations = Destinations::new(
+        &config.destinations.internal_networks,
+        &config.destinations.internal_domains,
+        &config.destinations.third_party_domains,
+    );
+    Ok(Analyzer::new(
+        destinations,
+        inspector,
+        Routes::new(config.analysis.route_segment_cardinality),
+    ))
+}
 
 /// Loads every program without attaching: proves the kernel's verifier accepts them.
 #[must_use]
@@ -122,15 +143,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         response_timeout_ns: u64::try_from(config.capture.response_timeout.as_nanos())
             .unwrap_or(u64::MAX),
     });
-    let destinations = Destinations::new(
-        &config.destinations.internal_networks,
-        &config.destinations.internal_domains,
-        &config.destinations.third_party_domains,
-    );
+    let outputs = Outputs {
+        events,
+        data_map: DataMap::new(config.analysis.max_flows),
+        data_map_path: config.output.data_map.clone(),
+        report_path: config.output.report.clone(),
+        data_map_interval: config.output.data_map_interval,
+    };
     let pipeline = Pipeline::new(
         table,
-        Analyzer::new(destinations),
-        events,
+        analyzer(&config)?,
+        outputs,
         Arc::clone(&metrics),
         requests_tx,
     );

@@ -119,6 +119,43 @@ pub fn auth_of(head: &Head, query: Option<&str>) -> Auth {
     Auth::None
 }
 
+/// Credentials in a request body's top-level fields (OAuth client credentials, API keys sent
+/// in a form or JSON body).
+#[must_use]
+pub fn body_auth(content_type: Option<&str>, body: &[u8]) -> Auth {
+    let found = |name: &str, value: &str| -> Option<Auth> {
+        if value.trim().is_empty() {
+            return None;
+        }
+        match name.to_ascii_lowercase().as_str() {
+            "client_secret" | "client_assertion" | "password" | "refresh_token" => {
+                Some(Auth::Other)
+            }
+            n => is_key_param(n),
+        }
+    };
+    match super::body::kind(content_type, body) {
+        super::body::Kind::Form => form_urlencoded::parse(body)
+            .find_map(|(k, v)| found(&k, &v))
+            .unwrap_or(Auth::None),
+        super::body::Kind::Json => {
+            let mut auth = Auth::None;
+            super::json::walk(body, |path, scalar| {
+                if auth == Auth::None && path.parent_key().is_none() {
+                    if let Some(k) = path.key() {
+                        let text = super::json::scalar_text(body, scalar);
+                        if let Some(a) = found(&String::from_utf8_lossy(k), &text) {
+                            auth = a;
+                        }
+                    }
+                }
+            });
+            auth
+        }
+        _ => Auth::None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +214,20 @@ mod tests {
             Auth::Cookie
         );
         assert_eq!(auth_of(&head(&[("Accept", "*/*")]), None), Auth::None);
+        assert_eq!(
+            body_auth(
+                Some("application/x-www-form-urlencoded"),
+                b"grant_type=x&client_secret=s"
+            ),
+            Auth::Other
+        );
+        assert_eq!(
+            body_auth(Some("application/json"), br#"{"api_key":"k","q":1}"#),
+            Auth::ApiKey
+        );
+        assert_eq!(
+            body_auth(Some("application/json"), br#"{"user":{"api_key":"k"}}"#),
+            Auth::None
+        );
     }
 }

@@ -53,6 +53,78 @@ pub fn is_value_segment(seg: &str) -> bool {
     false
 }
 
+/// Learns, per host, which path segments are names and which are values: a position that has
+/// seen more than `max_children` distinct literals is a value position from then on. Memory is
+/// bounded (hosts and nodes capped), and a given path always maps to the same template once
+/// its segments are known.
+#[derive(Debug)]
+pub struct Routes {
+    hosts: std::collections::HashMap<String, Node>,
+    max_children: usize,
+    max_hosts: usize,
+    max_nodes: usize,
+    nodes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    literals: std::collections::HashMap<String, Node>,
+    /// Where values (`{id}`) lead.
+    values: Option<Box<Node>>,
+}
+
+impl Routes {
+    /// At most `max_children` distinct literals per position.
+    #[must_use]
+    pub fn new(max_children: usize) -> Self {
+        Self {
+            hosts: std::collections::HashMap::new(),
+            max_children,
+            max_hosts: 10_000,
+            max_nodes: 1_000_000,
+            nodes: 0,
+        }
+    }
+
+    /// The route template of `target` on `host`.
+    pub fn template(&mut self, host: &str, target: &str) -> String {
+        let path = path_of(target);
+        let host_key = if self.hosts.contains_key(host) || self.hosts.len() < self.max_hosts {
+            host
+        } else {
+            ""
+        };
+        let mut node = self.hosts.entry(host_key.to_owned()).or_default();
+        let mut out = String::with_capacity(path.len());
+        for seg in path.split('/').skip(1) {
+            out.push('/');
+            let literal = !is_value_segment(seg)
+                && (node.literals.contains_key(seg)
+                    || (node.literals.len() < self.max_children && self.nodes < self.max_nodes));
+            if literal {
+                out.push_str(seg);
+                if !node.literals.contains_key(seg) {
+                    self.nodes += 1;
+                }
+                node = node.literals.entry(seg.to_owned()).or_default();
+            } else {
+                out.push_str("{id}");
+                node = node.values.get_or_insert_with(Box::default);
+            }
+        }
+        if out.is_empty() {
+            out.push('/');
+        }
+        out
+    }
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self::new(50)
+    }
+}
+
 /// The route template of a request target (query string dropped).
 #[must_use]
 pub fn template(target: &str) -> String {
@@ -94,6 +166,26 @@ pub fn query_of(target: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cardinality_is_capped_per_position() {
+        let mut r = Routes::new(3);
+        assert_eq!(r.template("h", "/v1/users/alice"), "/v1/users/alice");
+        assert_eq!(r.template("h", "/v1/users/bob"), "/v1/users/bob");
+        assert_eq!(r.template("h", "/v1/users/carol"), "/v1/users/carol");
+        assert_eq!(r.template("h", "/v1/users/dave"), "/v1/users/{id}");
+        assert_eq!(
+            r.template("h", "/v1/users/erin/orders"),
+            "/v1/users/{id}/orders"
+        );
+        assert_eq!(r.template("h", "/v1/users/alice"), "/v1/users/alice");
+        // Another host learns on its own.
+        assert_eq!(r.template("other", "/v1/users/dave"), "/v1/users/dave");
+        assert_eq!(
+            r.template("h", "/v1/users/42/orders"),
+            "/v1/users/{id}/orders"
+        );
+    }
 
     #[test]
     fn templates() {

@@ -98,7 +98,11 @@ pub struct Metrics {
     pub tls_failures: IntCounter,
     /// `apimon_reassembly_buffered_bytes`: memory held by connection state.
     pub buffered: IntGauge,
+    /// `apimon_data_flow_calls_total{process,host,data_type,side}`: calls to third parties
+    /// carrying each kind of data.
+    pub data_flows: IntCounterVec,
     hosts: Mutex<LabelLimiter>,
+    processes: Mutex<LabelLimiter>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -257,7 +261,14 @@ impl Metrics {
                 "apimon_reassembly_buffered_bytes",
                 "Memory held by connection reassembly state.",
             ),
+            data_flows: counter_vec(
+                &registry,
+                "apimon_data_flow_calls_total",
+                "Calls to third parties carrying personal data or secrets, by process, host, data type and side.",
+                &["process", "host", "data_type", "side"],
+            ),
             hosts: Mutex::new(LabelLimiter::new(max_hosts)),
+            processes: Mutex::new(LabelLimiter::new(100)),
             registry,
             requests,
             duration,
@@ -309,6 +320,44 @@ impl Metrics {
         self.response_bytes
             .with_label_values(&labels)
             .inc_by(call.response_bytes);
+    }
+
+    /// Counts a finding.
+    pub fn record_finding(&self, f: &crate::analysis::finding::Finding) {
+        let host = self.host_label(&f.host);
+        self.findings
+            .with_label_values(&[f.kind.as_str(), f.data_type.unwrap_or(""), &host])
+            .inc();
+    }
+
+    /// Counts the data types a third-party call carried.
+    pub fn record_flow(
+        &self,
+        call: &Call,
+        types: &[(
+            crate::analysis::inspect::Side,
+            crate::analysis::detect::DataType,
+        )],
+    ) {
+        if types.is_empty() {
+            return;
+        }
+        let host = self.host_label(&call.host);
+        let process = {
+            let mut p = self
+                .processes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            p.label(&call.comm).to_owned()
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (side, t) in types {
+            if seen.insert((*side, *t)) {
+                self.data_flows
+                    .with_label_values(&[&process, &host, t.name(), side.as_str()])
+                    .inc();
+            }
+        }
     }
 
     /// The host label a host gets (bounded).

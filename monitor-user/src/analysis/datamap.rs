@@ -1,0 +1,210 @@
+//! The data map: which processes send which kinds of personal data to which third-party APIs,
+//! how they authenticate, and since when. What a privacy team needs for its records of
+//! processing. Written atomically as JSON, and as a Markdown report.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    path::Path,
+    time::SystemTime,
+};
+
+use serde::Serialize;
+
+use super::{Analysis, inspect::Side};
+
+/// One flow: a process calling a route of a third-party host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    pub process: String,
+    pub host: String,
+    pub route: String,
+    /// Data types sent (request side).
+    pub sent: BTreeSet<&'static str>,
+    /// Data types received (response side).
+    pub received: BTreeSet<&'static str>,
+    pub auth: BTreeSet<&'static str>,
+    pub calls: u64,
+    /// Calls that carried personal data or secrets.
+    pub calls_with_data: u64,
+    pub plaintext_calls: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// All flows, bounded: beyond `max_flows`, new flows are counted but not kept.
+#[derive(Debug)]
+pub struct DataMap {
+    flows: BTreeMap<(String, String, String), Flow>,
+    max_flows: usize,
+    dropped: u64,
+}
+
+#[derive(Serialize)]
+struct Document<'a> {
+    generated_at: String,
+    flows: Vec<&'a Flow>,
+    flows_not_kept: u64,
+}
+
+impl DataMap {
+    #[must_use]
+    pub fn new(max_flows: usize) -> Self {
+        Self {
+            flows: BTreeMap::new(),
+            max_flows,
+            dropped: 0,
+        }
+    }
+
+    /// Number of flows kept.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Adds a call; only calls to third parties make flows.
+    pub fn record(&mut self, a: &Analysis) {
+        let c = &a.call;
+        if !c.third_party {
+            return;
+        }
+        let key = (c.comm.clone(), c.host.clone(), c.route.clone());
+        if !self.flows.contains_key(&key) && self.flows.len() >= self.max_flows {
+            self.dropped += 1;
+            return;
+        }
+        let flow = self.flows.entry(key).or_insert_with(|| Flow {
+            process: c.comm.clone(),
+            host: c.host.clone(),
+            route: c.route.clone(),
+            first_seen: c.ts.clone(),
+            ..Flow::default()
+        });
+        flow.calls += 1;
+        flow.last_seen.clone_from(&c.ts);
+        if c.ts < flow.first_seen {
+            flow.first_seen.clone_from(&c.ts);
+        }
+        flow.auth.insert(c.auth);
+        if !c.tls {
+            flow.plaintext_calls += 1;
+        }
+        if !a.data_types.is_empty() {
+            flow.calls_with_data += 1;
+        }
+        for (side, t) in &a.data_types {
+            match side {
+                Side::Request => flow.sent.insert(t.name()),
+                Side::Response => flow.received.insert(t.name()),
+            };
+        }
+    }
+
+    /// The map as pretty JSON.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        let doc = Document {
+            generated_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            flows: self.flows.values().collect(),
+            flows_not_kept: self.dropped,
+        };
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    }
+
+    /// A human-readable report: data leaving for each third party, then every flow.
+    #[must_use]
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::from("# apimon data map\n\n");
+        out.push_str(&format!(
+            "Generated {}. {} flows from processes to third-party APIs.\n\n",
+            humantime::format_rfc3339_seconds(SystemTime::now()),
+            self.flows.len()
+        ));
+        let mut by_host: BTreeMap<&str, (BTreeSet<&str>, BTreeSet<&str>, BTreeSet<&str>, u64)> =
+            BTreeMap::new();
+        for f in self.flows.values() {
+            let e = by_host.entry(&f.host).or_default();
+            e.0.extend(&f.sent);
+            e.1.insert(&f.process);
+            e.2.extend(&f.auth);
+            e.3 += f.calls;
+        }
+        out.push_str("## Third parties\n\n| host | personal data and secrets sent | processes | authentication | calls |\n|---|---|---|---|---|\n");
+        for (host, (sent, procs, auth, calls)) in &by_host {
+            out.push_str(&format!(
+                "| {host} | {} | {} | {} | {calls} |\n",
+                list(sent),
+                list(procs),
+                list(auth)
+            ));
+        }
+        out.push_str("\n## Flows\n\n| process | host | route | sent | received | auth | calls | plaintext | first seen | last seen |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        for f in self.flows.values() {
+            out.push_str(&format!(
+                "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {} |\n",
+                f.process,
+                f.host,
+                f.route,
+                list(&f.sent),
+                list(&f.received),
+                list(&f.auth),
+                f.calls,
+                f.plaintext_calls,
+                f.first_seen,
+                f.last_seen
+            ));
+        }
+        if self.dropped > 0 {
+            out.push_str(&format!(
+                "\n{} calls belonged to flows beyond the map's size limit.\n",
+                self.dropped
+            ));
+        }
+        out
+    }
+
+    /// Writes the JSON map to `path` atomically (temporary file, fsync, rename).
+    pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
+        write_atomic(path, self.to_json().as_bytes())
+    }
+
+    /// Writes the Markdown report to `path` atomically.
+    pub fn write_markdown(&self, path: &Path) -> std::io::Result<()> {
+        write_atomic(path, self.to_markdown().as_bytes())
+    }
+}
+
+fn list(set: &BTreeSet<&str>) -> String {
+    if set.is_empty() {
+        "-".to_owned()
+    } else {
+        set.iter().copied().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Replaces `path` with `bytes` so that readers see the old or the new file, never half.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
