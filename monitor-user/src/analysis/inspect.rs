@@ -314,7 +314,29 @@ impl Inspector {
             Kind::Json => self.json(side, data, prefix, c),
             Kind::Form => self.pairs(side, Part::Body, prefix, data, c),
             Kind::Multipart(boundary) => {
-                for part in body::multipart(data, boundary) {
+                let parts = body::multipart(data, boundary);
+                // A plain `name` part is a person's name beside parts about a person.
+                let personal = parts
+                    .iter()
+                    .any(|p| keys::is_personal_key(p.name.as_bytes()));
+                for part in parts {
+                    if personal
+                        && keys::is_plain_name(part.name.as_bytes())
+                        && part.filename.is_none()
+                    {
+                        let v = String::from_utf8_lossy(part.body);
+                        if super::detect::validate::person_name(&v) {
+                            let field = format!("{prefix}{}", part.name);
+                            c.add(
+                                side,
+                                Part::Body,
+                                &field,
+                                DataType::PersonName,
+                                &v,
+                                &self.hasher,
+                            );
+                        }
+                    }
                     let text_part = part.filename.is_none()
                         || part
                             .content_type
@@ -355,8 +377,15 @@ impl Inspector {
 
     /// `a=1&b=2` (query strings, form bodies): each value decoded, under its name.
     fn pairs(&self, side: Side, part: Part, prefix: &str, data: &[u8], c: &mut Collector) {
+        // A plain `name` is a person's name when the other fields are about a person.
+        let mut personal = false;
+        let mut names = Vec::new();
         for (k, v) in form_urlencoded::parse(data) {
             let field = format!("{prefix}{k}");
+            personal |= keys::is_personal_key(k.as_bytes());
+            if keys::is_plain_name(k.as_bytes()) {
+                names.push((field.clone(), v.clone().into_owned()));
+            }
             self.value(
                 side,
                 part,
@@ -366,6 +395,13 @@ impl Inspector {
                 false,
                 c,
             );
+        }
+        if personal {
+            for (field, v) in names {
+                if super::detect::validate::person_name(&v) {
+                    c.add(side, part, &field, DataType::PersonName, &v, &self.hasher);
+                }
+            }
         }
     }
 
@@ -413,13 +449,24 @@ impl Inspector {
             return;
         }
         let mut next = 0;
+        // Plain `name` values, decided once their object's other keys are known.
+        let mut personal_objects = std::collections::HashSet::new();
+        let mut plain_names: Vec<(usize, String, String)> = Vec::new();
         json::walk(doc, |path, scalar| {
+            let key = path.key().unwrap_or_default();
+            if keys::is_personal_key(key) {
+                personal_objects.insert(path.object());
+            }
             while next < candidates.len() && candidates[next].start < scalar.span.start {
                 next += 1;
             }
             let in_value = next < candidates.len() && candidates[next].end <= scalar.span.end;
-            let hints = keys::hints(path.key().unwrap_or_default(), path.parent_key());
-            if !in_value && !has_context(&hints) {
+            let hints = keys::hints(key, path.parent_key());
+            let plain_name = keys::is_plain_name(key)
+                && !hints.person_name
+                && scalar.string
+                && plain_names.len() < 1024;
+            if !in_value && !has_context(&hints) && !plain_name {
                 return;
             }
             let field = format!("{prefix}{}", path.render());
@@ -436,8 +483,26 @@ impl Inspector {
                 if let Some(t) = self.detector.context_value(&text, &hints) {
                     c.add(side, Part::Body, &field, t, &text, &self.hasher);
                 }
+            } else if plain_name {
+                plain_names.push((
+                    path.object(),
+                    field,
+                    json::scalar_text(doc, scalar).into_owned(),
+                ));
             }
         });
+        for (object, field, text) in plain_names {
+            if personal_objects.contains(&object) && super::detect::validate::person_name(&text) {
+                c.add(
+                    side,
+                    Part::Body,
+                    &field,
+                    DataType::PersonName,
+                    &text,
+                    &self.hasher,
+                );
+            }
+        }
     }
 
     /// Plain text: patterns anywhere; a date is a birth date when a birth keyword precedes it.

@@ -15,9 +15,18 @@ pub enum Seg<'a> {
 #[derive(Debug, Default)]
 pub struct Path<'a> {
     segs: Vec<Seg<'a>>,
+    /// Start offsets of the enclosing objects, innermost last.
+    objects: Vec<usize>,
 }
 
 impl<'a> Path<'a> {
+    /// Identity (start offset) of the object the value is a member of; `usize::MAX` when the
+    /// value is not inside an object.
+    #[must_use]
+    pub fn object(&self) -> usize {
+        self.objects.last().copied().unwrap_or(usize::MAX)
+    }
+
     /// The key the value sits under (the nearest object key).
     #[must_use]
     pub fn key(&self) -> Option<&'a [u8]> {
@@ -122,6 +131,9 @@ pub fn walk<'a>(doc: &'a [u8], mut visit: impl FnMut(&Path<'a>, &Scalar)) {
                         path.segs.push(Seg::Index);
                     }
                     let expect_key = (open == b'{').then_some(true);
+                    if open == b'{' {
+                        path.objects.push(i);
+                    }
                     frames.push(Frame {
                         expect_key,
                         has_key: false,
@@ -134,6 +146,9 @@ pub fn walk<'a>(doc: &'a [u8], mut visit: impl FnMut(&Path<'a>, &Scalar)) {
                 if overflow > 0 {
                     overflow -= 1;
                 } else if let Some(f) = frames.pop() {
+                    if f.expect_key.is_some() {
+                        path.objects.pop();
+                    }
                     if f.has_key {
                         path.segs.pop();
                     }

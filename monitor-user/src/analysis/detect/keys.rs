@@ -7,6 +7,8 @@
 pub struct Hints {
     pub phone: bool,
     pub ssn: bool,
+    /// A payment card field: short (12-13 digit) card numbers are accepted here.
+    pub card: bool,
     pub birth_date: bool,
     pub person_name: bool,
     pub street_address: bool,
@@ -165,6 +167,8 @@ const ADDRESS_KEYS: &[&str] = &[
     "residentialaddress",
     "postaladdress",
     "fulladdress",
+    "residence",
+    "homeaddr",
     "physicaladdress",
     "deliveryaddress",
     "permanentaddress",
@@ -190,6 +194,48 @@ const ADDRESS_PARENTS: &[&str] = &[
     "billto",
     "shipto",
 ];
+
+/// Keys that make the object holding them a record about a person: a plain `name` beside
+/// them is that person's name.
+#[must_use]
+pub fn is_personal_key(key: &[u8]) -> bool {
+    let mut kb = [0u8; 48];
+    let n = normalize(key, &mut kb);
+    let k = &kb[..n];
+    is_one_of(
+        k,
+        &[
+            "email",
+            "mail",
+            "emailaddress",
+            "phone",
+            "phonenumber",
+            "mobile",
+            "dob",
+            "birthdate",
+            "dateofbirth",
+            "birthday",
+            "ssn",
+            "address",
+            "streetaddress",
+            "firstname",
+            "lastname",
+            "surname",
+            "gender",
+            "sex",
+            "nationality",
+            "passport",
+            "residence",
+            "homeaddress",
+        ],
+    )
+}
+
+/// Whether a key is the ambiguous `name`: a person's name only beside personal keys.
+#[must_use]
+pub fn is_plain_name(key: &[u8]) -> bool {
+    key.eq_ignore_ascii_case(b"name")
+}
 
 /// Context for a value under `key`, inside an object under `parent` (both raw).
 #[must_use]
@@ -230,6 +276,21 @@ pub fn hints(key: &[u8], parent: Option<&[u8]>) -> Hints {
             "sms",
         ],
     ) || (contains(k, "phone") && !contains(k, "phonecode") && !contains(k, "verified"));
+    h.card = (contains(k, "card") && !contains(k, "last4") && !contains(k, "cardholder"))
+        || is_one_of(
+            k,
+            &[
+                "pan",
+                "cc",
+                "ccnumber",
+                "ccnum",
+                "creditcard",
+                "cardno",
+                "accountnumber",
+            ],
+        )
+        || (is_one_of(k, &["number", "num", "no"])
+            && (contains(p, "card") || p == b"payment" || p == b"paymentmethod"));
     h.ssn = is_one_of(
         k,
         &[

@@ -132,6 +132,14 @@ pub struct Hit {
     pub end: usize,
 }
 
+/// Regions tried for numbers in phone fields written without `+`: the largest API markets.
+const COMMON_REGIONS: &[phonenumber::country::Id] = {
+    use phonenumber::country::Id::*;
+    &[
+        US, GB, DE, FR, IN, BR, CA, AU, ES, IT, NL, MX, JP, CH, SE, BE, AT, IE, PL, PT,
+    ]
+};
+
 /// Finds and validates personal data and secrets.
 #[derive(Debug)]
 pub struct Detector {
@@ -298,7 +306,16 @@ impl Detector {
             .iter()
             .all(|b| b.is_ascii_digit() || *b == b' ' || *b == b'-')
             && !s.starts_with(b"+");
-        if card_separators && (12..=19).contains(&digits.len()) && validate::credit_card(&digits) {
+        // Short card lengths (12-13 digits: Maestro, old Visa) are common id lengths too: alone
+        // they count only in a card field, or written in groups, or after the word "card".
+        let short = digits.len() == 12 || (digits.len() == 13 && digits[0] != b'4');
+        let card_context =
+            hints.card || s.contains(&b' ') || s.contains(&b'-') || mentions_card(prefix);
+        if card_separators
+            && (12..=19).contains(&digits.len())
+            && (!short || card_context)
+            && validate::credit_card(&digits)
+        {
             return Some(DataType::CreditCard);
         }
         if digits.len() == 9 && groups.len() == 1 && hints.ssn {
@@ -319,9 +336,27 @@ impl Detector {
             if validate::phone(&candidate, &self.regions) {
                 return Some(DataType::Phone);
             }
+            // A phone field with a number in a national format that starts with a trunk prefix
+            // (`020 7946 0958`, `06 12 34 56 78`): try the common countries. NANP numbers never
+            // start with 0, so `(123) 456-7890` stays invalid.
+            let trunk =
+                candidate.trim_start_matches('(').starts_with('0') && !candidate.starts_with("00");
+            if hints.phone && trunk && validate::phone(&candidate, COMMON_REGIONS) {
+                return Some(DataType::Phone);
+            }
         }
         None
     }
+}
+
+/// Whether the words just before a number name it a card (`card: 6304…`, `PAN 5018…`).
+fn mentions_card(prefix: &[u8]) -> bool {
+    let tail = &prefix[prefix.len().saturating_sub(24)..];
+    let lower = String::from_utf8_lossy(tail).to_ascii_lowercase();
+    lower.contains("card")
+        || lower.contains("pan")
+        || lower.contains("cc ")
+        || lower.contains("cc:")
 }
 
 /// Whether the words just before a number name it a version (`version 1.2.3.4`, `ver: 2.0.1.7`).
@@ -376,11 +411,26 @@ fn extension_len(rest: &[u8]) -> usize {
 
 /// `2024-01-31`, `31/01/2024`, `01.31.2024`: dates are birth dates only by context.
 fn is_date_like(groups: &[&str]) -> bool {
-    let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    matches!(
-        sizes.as_slice(),
-        [4, 2, 2] | [2, 2, 4] | [1 | 2, 1 | 2, 4] | [4, 1 | 2, 1 | 2]
-    )
+    let sizes: Vec<usize> = groups.iter().take(3).map(|g| g.len()).collect();
+    let num = |i: usize| {
+        groups
+            .get(i)
+            .and_then(|g| g.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    match sizes.as_slice() {
+        [4, 1 | 2, 1 | 2] => {
+            (1800..=2200).contains(&num(0))
+                && (1..=12).contains(&num(1))
+                && (1..=31).contains(&num(2))
+        }
+        [1 | 2, 1 | 2, 4] => {
+            (1800..=2200).contains(&num(2))
+                && (1..=31).contains(&num(0))
+                && (1..=31).contains(&num(1))
+        }
+        _ => false,
+    }
 }
 
 /// A JWT: header and payload are base64url JSON objects, and the header names an algorithm.
@@ -449,6 +499,8 @@ mod tests {
         for text in [
             "id 123e4567-e89b-12d3-a456-426614174000",
             "at 2024-01-31T10:20:30.123456Z",
+            "updated 2024-05-06 10:12:16",
+            "invoice 563821904172",
             "epoch 1700000000000",
             "order 4111111111111112",
             "ssn 000-12-3456 666-12-3456 912-34-5678",

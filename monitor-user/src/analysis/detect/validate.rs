@@ -41,7 +41,7 @@ pub fn card_brand_matches(d: &[u8]) -> bool {
         || ((p(4, 6011, 6011) || p(3, 644, 649) || p(2, 65, 65) || p(6, 622_126, 622_925))
             && (16..=19).contains(&n))
         || (p(2, 62, 62) && (16..=19).contains(&n))
-        || (p(4, 3528, 3589) && (16..=19).contains(&n))
+        || (p(2, 35, 35) && (16..=19).contains(&n))
         || ((p(4, 2131, 2131) || p(4, 1800, 1800)) && n == 15)
         || ((p(3, 300, 305) || p(4, 3095, 3095) || p(2, 36, 36) || p(2, 38, 39))
             && (14..=19).contains(&n))
@@ -146,15 +146,26 @@ pub fn public_ipv4(ip: Ipv4Addr) -> bool {
         || o[0] >= 240)
 }
 
-/// A public IPv6 address: global unicast (2000::/3) outside the documentation prefix, or an
-/// IPv4-mapped public address.
+/// A public IPv6 address: outside every special-purpose range (loopback, unspecified, IPv4
+/// translation, discard, IETF protocol assignments, documentation, unique local, link-local,
+/// site-local, multicast); an IPv4-mapped address is public if its IPv4 address is.
 #[must_use]
 pub fn public_ipv6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return public_ipv4(v4);
     }
     let s = ip.segments();
-    (s[0] & 0xe000) == 0x2000 && !(s[0] == 0x2001 && s[1] == 0x0db8)
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || (s[0] == 0x64 && s[1] == 0xff9b)
+        || (s[0] == 0x100 && s[1] == 0 && s[2] == 0 && s[3] == 0)
+        || (s[0] == 0x2001 && s[1] < 0x200)
+        || (s[0] == 0x2001 && s[1] == 0x0db8)
+        || (s[0] & 0xfe00) == 0xfc00
+        || (s[0] & 0xffc0) == 0xfe80
+        || (s[0] & 0xffc0) == 0xfec0
+        || (s[0] & 0xff00) == 0xff00
+        || s[0] == 0)
 }
 
 /// Date parts of a plausible birth date: year 1900..=2030, a real month and day.
@@ -289,114 +300,318 @@ pub fn person_name(text: &str) -> bool {
         && t.chars().filter(|c| c.is_alphabetic()).count() >= 2
 }
 
-/// Street-type words of the languages most addresses in API traffic are written in.
+/// Street suffixes: the USPS list (Publication 28, appendix C1, names and abbreviations) and
+/// the street types of the European languages most API traffic is written in.
 const STREET_WORDS: &[&str] = &[
-    "street",
-    "st",
+    "alley",
+    "aly",
+    "anex",
+    "annex",
+    "arcade",
+    "arc",
     "avenue",
     "ave",
     "av",
-    "road",
-    "rd",
+    "bayou",
+    "beach",
+    "bend",
+    "bluff",
+    "bluffs",
+    "bottom",
     "boulevard",
     "blvd",
-    "lane",
-    "ln",
-    "drive",
-    "dr",
-    "way",
-    "court",
-    "ct",
-    "place",
-    "pl",
-    "terrace",
-    "ter",
-    "parkway",
-    "pkwy",
-    "highway",
-    "hwy",
+    "branch",
+    "bridge",
+    "brook",
+    "brooks",
+    "burg",
+    "burgs",
+    "bypass",
+    "camp",
+    "canyon",
+    "cape",
+    "causeway",
+    "center",
+    "centers",
     "circle",
     "cir",
-    "square",
-    "sq",
-    "trail",
-    "trl",
+    "circles",
+    "cliff",
+    "cliffs",
+    "club",
+    "common",
+    "commons",
+    "corner",
+    "corners",
+    "course",
+    "court",
+    "ct",
+    "courts",
+    "cove",
+    "coves",
+    "creek",
     "crescent",
     "cres",
-    "close",
-    "row",
-    "alley",
+    "crest",
+    "crossing",
+    "xing",
+    "crossroad",
+    "crossroads",
+    "curve",
+    "dale",
+    "dam",
+    "divide",
+    "drive",
+    "dr",
+    "drives",
+    "estate",
+    "estates",
+    "expressway",
+    "expy",
+    "extension",
+    "ext",
+    "extensions",
+    "fall",
+    "falls",
+    "ferry",
+    "field",
+    "fields",
+    "flat",
+    "flats",
+    "ford",
+    "fords",
+    "forest",
+    "forge",
+    "forges",
+    "fork",
+    "forks",
+    "fort",
+    "freeway",
+    "fwy",
+    "garden",
+    "gardens",
+    "gateway",
+    "glen",
+    "glens",
+    "green",
+    "greens",
+    "grove",
+    "groves",
+    "harbor",
+    "harbors",
+    "haven",
+    "heights",
+    "hts",
+    "highway",
+    "hwy",
+    "hill",
+    "hills",
+    "hollow",
+    "inlet",
+    "island",
+    "islands",
+    "isle",
+    "junction",
+    "junctions",
+    "key",
+    "keys",
+    "knoll",
+    "knolls",
+    "lake",
+    "lakes",
+    "land",
+    "landing",
+    "lane",
+    "ln",
+    "light",
+    "lights",
+    "loaf",
+    "lock",
+    "locks",
+    "lodge",
+    "loop",
+    "mall",
+    "manor",
+    "manors",
+    "meadow",
+    "meadows",
+    "mews",
+    "mill",
+    "mills",
+    "mission",
+    "motorway",
+    "mount",
+    "mountain",
+    "mountains",
+    "neck",
+    "orchard",
+    "oval",
+    "overpass",
+    "park",
+    "parks",
+    "parkway",
+    "pkwy",
+    "parkways",
+    "pass",
+    "passage",
+    "path",
+    "pike",
+    "pine",
+    "pines",
+    "place",
+    "pl",
+    "plain",
+    "plains",
     "plaza",
-    "suite",
-    "ste",
-    "apt",
-    "unit",
-    "floor",
-    "box",
+    "plz",
+    "point",
+    "pt",
+    "points",
+    "port",
+    "ports",
+    "prairie",
+    "radial",
+    "ramp",
+    "ranch",
+    "rapid",
+    "rapids",
+    "rest",
+    "ridge",
+    "ridges",
+    "river",
+    "road",
+    "rd",
+    "roads",
+    "route",
+    "rte",
+    "row",
+    "rue",
+    "run",
+    "shoal",
+    "shoals",
+    "shore",
+    "shores",
+    "skyway",
+    "spring",
+    "springs",
+    "spur",
+    "spurs",
+    "square",
+    "sq",
+    "squares",
+    "station",
+    "sta",
+    "stravenue",
+    "stream",
+    "street",
+    "st",
+    "streets",
+    "summit",
+    "terrace",
+    "ter",
+    "throughway",
+    "trace",
+    "track",
+    "trafficway",
+    "trail",
+    "trl",
+    "tunnel",
+    "turnpike",
+    "tpke",
+    "underpass",
+    "union",
+    "unions",
+    "valley",
+    "valleys",
+    "via",
+    "viaduct",
+    "view",
+    "views",
+    "village",
+    "villages",
+    "ville",
+    "vista",
+    "walk",
+    "walks",
+    "wall",
+    "way",
+    "ways",
+    "well",
+    "wells",
+    "close",
+    "gate",
+    // Continental Europe.
     "strasse",
     "straße",
     "str",
     "weg",
     "platz",
-    "rue",
-    "via",
-    "calle",
-    "avenida",
-    "rua",
-    "piazza",
-    "route",
-    "chemin",
     "gasse",
-    "crossing",
-    "xing",
-    "loop",
-    "run",
-    "pike",
-    "point",
-    "pt",
-    "ridge",
-    "hill",
-    "heights",
-    "park",
-    "mews",
-    "walk",
-    "green",
-    "gardens",
-    "grove",
-    "view",
-    "vista",
-    "estates",
-    "station",
-    "fork",
-    "harbor",
-    "island",
-    "junction",
-    "key",
-    "knoll",
-    "lake",
-    "manor",
-    "meadow",
-    "mill",
-    "pass",
-    "path",
-    "port",
-    "prairie",
-    "ranch",
-    "shore",
-    "spring",
-    "springs",
-    "summit",
-    "turnpike",
-    "valley",
-    "village",
-    "ville",
-    "well",
-    "wells",
-    "expressway",
-    "freeway",
+    "allee",
+    "ring",
+    "damm",
+    "ufer",
+    "chemin",
+    "boulevard",
+    "allée",
+    "impasse",
+    "quai",
+    "cours",
+    "avenida",
+    "calle",
+    "carrer",
+    "paseo",
+    "plaza",
+    "rua",
+    "travessa",
+    "piazza",
+    "viale",
+    "vicolo",
+    "corso",
+    "straat",
+    "laan",
+    "plein",
+    "gracht",
 ];
 
-/// A street address: letters and a number, and either a leading house number or a street word.
+/// Unit designators that may start an address line (USPS C2, and UK usage).
+const UNIT_WORDS: &[&str] = &[
+    "apt",
+    "apartment",
+    "suite",
+    "ste",
+    "unit",
+    "flat",
+    "studio",
+    "floor",
+    "fl",
+    "room",
+    "rm",
+    "building",
+    "bldg",
+    "dept",
+    "office",
+    "po",
+    "p.o.",
+    "box",
+    "lot",
+    "space",
+    "pier",
+    "slip",
+    "trailer",
+    "hangar",
+    "penthouse",
+    "ph",
+    "basement",
+    "lobby",
+    "rear",
+    "front",
+    "side",
+];
+
+/// A street address: letters and a house number, with the number first (`742 Evergreen
+/// Terrace`), last (`Sontagstr. 22/65`), after a unit (`Flat 52 Sheila Courts`), or any number
+/// with a street word; or, without a number, a street word (`rue de Chauvet`).
 #[must_use]
 pub fn street_address(text: &str) -> bool {
     let t = text.trim();
@@ -404,33 +619,48 @@ pub fn street_address(text: &str) -> bool {
     if !(5..=200).contains(&len) || t.contains('@') || t.contains("://") {
         return false;
     }
-    let has_digit = t.chars().any(|c| c.is_ascii_digit());
     let letters = t.chars().filter(|c| c.is_alphabetic()).count();
-    if !has_digit || letters < 3 {
+    if letters < 3 {
         return false;
     }
     let words: Vec<String> = t
-        .split(|c: char| c.is_whitespace() || c == ',' || c == '.')
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '.' || c == '#')
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
         .collect();
     if words.len() < 2 {
         return false;
     }
-    let house_number_first = words[0].chars().next().is_some_and(|c| c.is_ascii_digit())
-        && words[0].chars().filter(char::is_ascii_digit).count() <= 6
-        && words[1].chars().any(char::is_alphabetic);
+    let number = |w: &str| {
+        w.chars().next().is_some_and(|c| c.is_ascii_digit())
+            && w.chars().filter(char::is_ascii_digit).count() <= 6
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '/' || c == '-')
+    };
+    let alphabetic = |w: &str| {
+        w.chars()
+            .all(|c| c.is_alphabetic() || c == '-' || c == '\'')
+    };
     let compound = |w: &str| {
         [
-            "straße", "strasse", "weg", "platz", "gasse", "allee", "ring", "damm",
+            "straße", "strasse", "str", "weg", "platz", "gasse", "allee", "ring", "damm",
         ]
         .iter()
-        .any(|s| w.len() > s.len() + 2 && w.ends_with(s))
+        .any(|s| w.chars().count() > s.chars().count() + 2 && w.ends_with(s))
     };
-    house_number_first
-        || words
-            .iter()
-            .any(|w| STREET_WORDS.contains(&w.as_str()) || compound(w))
+    let street_word = words
+        .iter()
+        .any(|w| STREET_WORDS.contains(&w.as_str()) || compound(w));
+    let has_number = words.iter().any(|w| number(w));
+    let first = number(&words[0]) && words[1].chars().any(char::is_alphabetic);
+    let last =
+        number(&words[words.len() - 1]) && words[..words.len() - 1].iter().all(|w| alphabetic(w));
+    let unit = UNIT_WORDS.contains(&words[0].as_str()) && number(&words[1]) && words.len() >= 3;
+    let unnumbered_street = !t.chars().any(|c| c.is_ascii_digit())
+        && street_word
+        && words.iter().all(|w| alphabetic(w))
+        && words.len() <= 8;
+    first || last || unit || (has_number && street_word) || unnumbered_street
 }
 
 /// A phone number valid for its country by libphonenumber's rules (the `phonenumber`
@@ -575,6 +805,13 @@ mod tests {
         }
         assert!(public_ipv6("2a00:1450:4001:81a::200e".parse().expect("ip")));
         assert!(!public_ipv6("2001:db8::1".parse().expect("ip")));
+        assert!(public_ipv6(
+            "9aea:6429:b149:1e24:3192:b705:4259:4052"
+                .parse()
+                .expect("ip")
+        ));
+        assert!(!public_ipv6("fd12:3456::1".parse().expect("ip")));
+        assert!(!public_ipv6("ff02::1".parse().expect("ip")));
         assert!(!public_ipv6("fe80::1".parse().expect("ip")));
         assert!(!public_ipv6("::1".parse().expect("ip")));
     }
@@ -632,15 +869,24 @@ mod tests {
             "Apt. 4B, 77 Elm Street",
             "Hauptstraße 5",
             "742 Evergreen Terrace Springfield",
+            "Sontagstr. 22/65",
+            "Am Markt 12a",
+            "Flat 52\nSheila Courts",
+            "Studio 0\nLee Causeway",
+            "rue de Chauvet",
+            "Koch IIstraße 85",
         ] {
             assert!(street_address(a), "{a}");
         }
         for a in [
-            "Main Street",
+            "Main",
             "12345",
             "v1.2.3",
             "user@example.com",
             "https://x.com/1 a",
+            "home office",
+            "N/A",
+            "same as billing",
         ] {
             assert!(!street_address(a), "{a}");
         }
