@@ -364,16 +364,15 @@ fn convert(e: Entry<'_>) -> Result<Option<HarCall>, String> {
             }
             req_body = form.finish().into_bytes();
         }
-        if let Some(mime) = post.mime_type.filter(|m| !m.is_empty()) {
-            if !req_headers
+        if let Some(mime) = post.mime_type.filter(|m| !m.is_empty())
+            && !req_headers
                 .iter()
                 .any(|h| h.name.eq_ignore_ascii_case("content-type"))
-            {
-                req_headers.push(Header {
-                    name: "Content-Type".into(),
-                    value: mime.into_owned(),
-                });
-            }
+        {
+            req_headers.push(Header {
+                name: "Content-Type".into(),
+                value: mime.into_owned(),
+            });
         }
     }
     let duration_ns = e
@@ -401,16 +400,15 @@ fn convert(e: Entry<'_>) -> Result<Option<HarCall>, String> {
             let mut res_headers = headers(r.headers);
             let (data, size) = match r.content {
                 Some(c) => {
-                    if let Some(mime) = c.mime_type.filter(|m| !m.is_empty()) {
-                        if !res_headers
+                    if let Some(mime) = c.mime_type.filter(|m| !m.is_empty())
+                        && !res_headers
                             .iter()
                             .any(|h| h.name.eq_ignore_ascii_case("content-type"))
-                        {
-                            res_headers.push(Header {
-                                name: "Content-Type".into(),
-                                value: mime.into_owned(),
-                            });
-                        }
+                    {
+                        res_headers.push(Header {
+                            name: "Content-Type".into(),
+                            value: mime.into_owned(),
+                        });
                     }
                     let data = match c.text.as_deref() {
                         Some(t) => decode_text(t, c.encoding.as_deref())?,

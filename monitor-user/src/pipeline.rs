@@ -131,23 +131,23 @@ impl Outputs {
 
     /// Flushes events and rewrites the data map files.
     pub fn flush(&mut self, write_map: bool) {
-        if let Some(events) = self.events.as_mut() {
-            if let Err(e) = events.flush() {
-                warn!("writing events failed: {e}");
-            }
+        if let Some(events) = self.events.as_mut()
+            && let Err(e) = events.flush()
+        {
+            warn!("writing events failed: {e}");
         }
         if !write_map {
             return;
         }
-        if let Some(p) = &self.data_map_path {
-            if let Err(e) = self.data_map.write_json(p) {
-                warn!("writing the data map to {} failed: {e}", p.display());
-            }
+        if let Some(p) = &self.data_map_path
+            && let Err(e) = self.data_map.write_json(p)
+        {
+            warn!("writing the data map to {} failed: {e}", p.display());
         }
-        if let Some(p) = &self.report_path {
-            if let Err(e) = self.data_map.write_markdown(p) {
-                warn!("writing the data map report to {} failed: {e}", p.display());
-            }
+        if let Some(p) = &self.report_path
+            && let Err(e) = self.data_map.write_markdown(p)
+        {
+            warn!("writing the data map report to {} failed: {e}", p.display());
         }
     }
 }

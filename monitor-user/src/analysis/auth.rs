@@ -141,12 +141,13 @@ pub fn body_auth(content_type: Option<&str>, body: &[u8]) -> Auth {
         super::body::Kind::Json => {
             let mut auth = Auth::None;
             super::json::walk(body, |path, scalar| {
-                if auth == Auth::None && path.parent_key().is_none() {
-                    if let Some(k) = path.key() {
-                        let text = super::json::scalar_text(body, scalar);
-                        if let Some(a) = found(&String::from_utf8_lossy(k), &text) {
-                            auth = a;
-                        }
+                if auth == Auth::None
+                    && path.parent_key().is_none()
+                    && let Some(k) = path.key()
+                {
+                    let text = super::json::scalar_text(body, scalar);
+                    if let Some(a) = found(&String::from_utf8_lossy(k), &text) {
+                        auth = a;
                     }
                 }
             });

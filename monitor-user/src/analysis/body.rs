@@ -20,25 +20,24 @@ pub enum Kind {
 pub fn kind(content_type: Option<&str>, body: &[u8]) -> Kind {
     let ct = content_type.unwrap_or_default().to_ascii_lowercase();
     let mime = ct.split(';').next().unwrap_or_default().trim();
-    if mime.starts_with("multipart/") {
-        if let Some(b) = ct
+    if mime.starts_with("multipart/")
+        && let Some(b) = ct
             .split(';')
             .find_map(|p| p.trim().strip_prefix("boundary="))
-        {
-            // The boundary keeps its case: take it from the original header.
-            let original = content_type.unwrap_or_default();
-            let at = original
-                .to_ascii_lowercase()
-                .find("boundary=")
-                .map_or(0, |i| i + 9);
-            let raw = original[at..]
-                .split(';')
-                .next()
-                .unwrap_or(b)
-                .trim()
-                .trim_matches('"');
-            return Kind::Multipart(raw.to_owned());
-        }
+    {
+        // The boundary keeps its case: take it from the original header.
+        let original = content_type.unwrap_or_default();
+        let at = original
+            .to_ascii_lowercase()
+            .find("boundary=")
+            .map_or(0, |i| i + 9);
+        let raw = original[at..]
+            .split(';')
+            .next()
+            .unwrap_or(b)
+            .trim()
+            .trim_matches('"');
+        return Kind::Multipart(raw.to_owned());
     }
     if mime.contains("json") {
         return Kind::Json;

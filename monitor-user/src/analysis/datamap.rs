@@ -126,8 +126,9 @@ impl DataMap {
             humantime::format_rfc3339_seconds(SystemTime::now()),
             self.flows.len()
         ));
-        let mut by_host: BTreeMap<&str, (BTreeSet<&str>, BTreeSet<&str>, BTreeSet<&str>, u64)> =
-            BTreeMap::new();
+        // Per host: data types sent, processes, auth schemes, calls.
+        type HostSummary<'a> = (BTreeSet<&'a str>, BTreeSet<&'a str>, BTreeSet<&'a str>, u64);
+        let mut by_host: BTreeMap<&str, HostSummary<'_>> = BTreeMap::new();
         for f in self.flows.values() {
             let e = by_host.entry(&f.host).or_default();
             e.0.extend(&f.sent);

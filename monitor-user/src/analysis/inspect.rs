@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use aho_corasick::AhoCorasick;
 use serde::Serialize;
 
 use super::{
@@ -115,19 +114,12 @@ fn credential_header(name: &str) -> bool {
     name == "authorization" || name == "proxy-authorization" || super::auth::is_key_header(name)
 }
 
-/// Substrings of keys that carry context-only types: a JSON body without any is walked only
-/// if it has pattern candidates.
-const CONTEXT_KEY_PARTS: &[&str] = &[
-    "name", "birth", "dob", "bday", "born", "addr", "street", "line1", "line2", "pass", "pwd",
-    "secret",
-];
-
 /// Inspects exchanges. Built once; cheap to share.
 #[derive(Debug)]
 pub struct Inspector {
     detector: Detector,
     hasher: Hasher,
-    context_keys: AhoCorasick,
+    hint_cache: std::cell::RefCell<keys::HintCache>,
     max_decoded: usize,
 }
 
@@ -167,19 +159,13 @@ impl Collector {
 
 impl Inspector {
     /// `max_decoded`: most bytes a body may decode to (bounds decompression bombs).
-    ///
-    /// # Panics
-    /// Only if the built-in keyword set does not compile: caught by every test run.
     #[must_use]
     pub fn new(detector: Detector, hasher: Hasher, max_decoded: usize) -> Self {
-        let context_keys = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .build(CONTEXT_KEY_PARTS)
-            .unwrap_or_else(|e| panic!("context keywords: {e}"));
+        let hint_cache = std::cell::RefCell::new(keys::HintCache::default());
         Self {
             detector,
             hasher,
-            context_keys,
+            hint_cache,
             max_decoded,
         }
     }
@@ -274,7 +260,7 @@ impl Inspector {
                             Part::Header,
                             &field,
                             v.as_bytes(),
-                            &keys::hints(k.as_bytes(), None),
+                            &self.hints(k.as_bytes()),
                             true,
                             c,
                         );
@@ -301,7 +287,7 @@ impl Inspector {
                     Part::Header,
                     &name,
                     h.value.as_bytes(),
-                    &keys::hints(name.as_bytes(), None),
+                    &self.hints(name.as_bytes()),
                     false,
                     c,
                 ),
@@ -362,7 +348,7 @@ impl Inspector {
                                 Part::Body,
                                 &field,
                                 part.body,
-                                &keys::hints(part.name.as_bytes(), None),
+                                &self.hints(part.name.as_bytes()),
                                 false,
                                 c,
                             );
@@ -391,7 +377,7 @@ impl Inspector {
                 part,
                 &field,
                 v.as_bytes(),
-                &keys::hints(k.as_bytes(), None),
+                &self.hints(k.as_bytes()),
                 false,
                 c,
             );
@@ -403,6 +389,11 @@ impl Inspector {
                 }
             }
         }
+    }
+
+    /// What a top-level name (header, form or query field, multipart part) says, cached.
+    fn hints(&self, name: &[u8]) -> Hints {
+        self.hint_cache.borrow_mut().get(name, None)
     }
 
     /// One field's whole value: patterns, then what the field's name says.
@@ -431,10 +422,10 @@ impl Inspector {
         }
         if has_context(hints) {
             let text = String::from_utf8_lossy(value);
-            if let Some(t) = self.detector.context_value(&text, hints) {
-                if !(pii_only && t.is_secret()) {
-                    c.add(side, part, field, t, &text, &self.hasher);
-                }
+            if let Some(t) = self.detector.context_value(&text, hints)
+                && !(pii_only && t.is_secret())
+            {
+                c.add(side, part, field, t, &text, &self.hasher);
             }
         }
     }
@@ -445,54 +436,55 @@ impl Inspector {
     fn json(&self, side: Side, doc: &[u8], prefix: &str, c: &mut Collector) {
         let mut candidates: Vec<Candidate> = Vec::new();
         self.detector.candidates(doc, &mut candidates);
-        if candidates.is_empty() && !self.context_keys.is_match(doc) {
-            return;
-        }
+        // Every scalar's key is looked at (one cached lookup each): a document-wide keyword
+        // search to skip the walk costs more than the walk.
         let mut next = 0;
+        let mut cache = self.hint_cache.borrow_mut();
         // Plain `name` values, decided once their object's other keys are known.
         let mut personal_objects = std::collections::HashSet::new();
-        let mut plain_names: Vec<(usize, String, String)> = Vec::new();
+        let mut plain_names: Vec<(usize, String, json::Scalar)> = Vec::new();
         json::walk(doc, |path, scalar| {
-            let key = path.key().unwrap_or_default();
-            if keys::is_personal_key(key) {
-                personal_objects.insert(path.object());
-            }
             while next < candidates.len() && candidates[next].start < scalar.span.start {
                 next += 1;
             }
             let in_value = next < candidates.len() && candidates[next].end <= scalar.span.end;
-            let hints = keys::hints(key, path.parent_key());
-            let plain_name = keys::is_plain_name(key)
-                && !hints.person_name
-                && scalar.string
-                && plain_names.len() < 1024;
+            let key = path.key().unwrap_or_default();
+            let hints = cache.get(key, path.parent_key());
+            if hints.personal {
+                personal_objects.insert(path.object());
+            }
+            let plain_name = hints.plain_name && scalar.string && plain_names.len() < 1024;
             if !in_value && !has_context(&hints) && !plain_name {
                 return;
             }
-            let field = format!("{prefix}{}", path.render());
+            // The field's path is rendered only for what is found.
+            let mut field: Option<String> = None;
             while next < candidates.len() && candidates[next].end <= scalar.span.end {
                 let cand = candidates[next];
                 if let Some(t) = self.detector.classify(&cand, doc, &hints) {
                     let text = String::from_utf8_lossy(&doc[cand.start..cand.end]);
-                    c.add(side, Part::Body, &field, t, &text, &self.hasher);
+                    let f = field.get_or_insert_with(|| format!("{prefix}{}", path.render()));
+                    c.add(side, Part::Body, f, t, &text, &self.hasher);
                 }
                 next += 1;
             }
             if has_context(&hints) {
                 let text = json::scalar_text(doc, scalar);
                 if let Some(t) = self.detector.context_value(&text, &hints) {
-                    c.add(side, Part::Body, &field, t, &text, &self.hasher);
+                    let f = field.get_or_insert_with(|| format!("{prefix}{}", path.render()));
+                    c.add(side, Part::Body, f, t, &text, &self.hasher);
                 }
             } else if plain_name {
-                plain_names.push((
-                    path.object(),
-                    field,
-                    json::scalar_text(doc, scalar).into_owned(),
-                ));
+                let f = field.unwrap_or_else(|| format!("{prefix}{}", path.render()));
+                plain_names.push((path.object(), f, scalar.clone()));
             }
         });
-        for (object, field, text) in plain_names {
-            if personal_objects.contains(&object) && super::detect::validate::person_name(&text) {
+        for (object, field, scalar) in plain_names {
+            if !personal_objects.contains(&object) {
+                continue;
+            }
+            let text = json::scalar_text(doc, &scalar);
+            if super::detect::validate::person_name(&text) {
                 c.add(
                     side,
                     Part::Body,

@@ -159,31 +159,29 @@ pub fn walk<'a>(doc: &'a [u8], mut visit: impl FnMut(&Path<'a>, &Scalar)) {
                 i += 1;
             }
             b':' => {
-                if overflow == 0 {
-                    if let Some(Frame {
+                if overflow == 0
+                    && let Some(Frame {
                         expect_key: Some(e),
                         ..
                     }) = frames.last_mut()
-                    {
-                        *e = false;
-                    }
+                {
+                    *e = false;
                 }
                 i += 1;
             }
             b',' => {
-                if overflow == 0 {
-                    if let Some(
+                if overflow == 0
+                    && let Some(
                         f @ Frame {
                             expect_key: Some(_),
                             ..
                         },
                     ) = frames.last_mut()
-                    {
-                        f.expect_key = Some(true);
-                        if f.has_key {
-                            f.has_key = false;
-                            path.segs.pop();
-                        }
+                {
+                    f.expect_key = Some(true);
+                    if f.has_key {
+                        f.has_key = false;
+                        path.segs.pop();
                     }
                 }
                 i += 1;
@@ -191,8 +189,16 @@ pub fn walk<'a>(doc: &'a [u8], mut visit: impl FnMut(&Path<'a>, &Scalar)) {
             b'"' => {
                 let start = i + 1;
                 let mut j = start;
-                while j < n && doc[j] != b'"' {
-                    j += if doc[j] == b'\\' { 2 } else { 1 };
+                // Jump to the next quote or backslash: string contents are most of a document.
+                while let Some(off) = memchr::memchr2(b'"', b'\\', &doc[j.min(n)..]) {
+                    j += off;
+                    if doc[j] == b'"' {
+                        break;
+                    }
+                    j += 2;
+                }
+                if j >= n || doc[j] != b'"' {
+                    j = n;
                 }
                 let end = j.min(n);
                 let key_frame = if overflow == 0 {

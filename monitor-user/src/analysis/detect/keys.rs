@@ -16,6 +16,11 @@ pub struct Hints {
     pub aws_secret: bool,
     /// Ids, versions, timestamps: digits here are not cards, phones or addresses.
     pub not_personal_number: bool,
+    /// The key makes its object a record about a person (see [`is_personal_key`]).
+    pub personal: bool,
+    /// The key is a plain `name`: a person's name only beside personal keys, and not already
+    /// one by its parent.
+    pub plain_name: bool,
     /// Version strings: dotted numbers here are not IP addresses.
     pub version: bool,
 }
@@ -240,6 +245,94 @@ pub fn is_plain_name(key: &[u8]) -> bool {
 /// Context for a value under `key`, inside an object under `parent` (both raw).
 #[must_use]
 pub fn hints(key: &[u8], parent: Option<&[u8]>) -> Hints {
+    compute(key, parent)
+}
+
+/// Memoised [`hints`], direct-mapped: API traffic repeats the same keys in every message,
+/// and this is looked up for every value of every JSON document.
+#[derive(Clone, Debug)]
+pub struct HintCache {
+    slots: Vec<(u64, Hints)>,
+}
+
+/// A power of two, so that a slot is a mask away, not a division.
+const HINT_SLOTS: usize = 1024;
+
+impl Default for HintCache {
+    fn default() -> Self {
+        Self {
+            slots: vec![(0, Hints::default()); HINT_SLOTS],
+        }
+    }
+}
+
+impl HintCache {
+    /// [`hints`] for `key` under `parent`, from the cache when seen before.
+    pub fn get(&mut self, key: &[u8], parent: Option<&[u8]>) -> Hints {
+        let parent = parent.unwrap_or_default();
+        // A 64-bit hash identifies the pair: a collision (odds 2^-64 per lookup) could only
+        // mix up two keys' context.
+        let id = mix(mix(0x243f_6a88_85a3_08d3, key) ^ 0xff, parent) | 1;
+        // Two ways per set: two hot keys that share a set do not evict each other on every
+        // document.
+        let set = ((id >> 40) as usize & (HINT_SLOTS / 2 - 1)) * 2;
+        let ways = &mut self.slots[set..set + 2];
+        if ways[0].0 == id {
+            return ways[0].1;
+        }
+        if ways[1].0 != id {
+            ways[1] = (id, compute(key, Some(parent)));
+        }
+        // Most recently used first.
+        ways.swap(0, 1);
+        ways[0].1
+    }
+}
+
+/// Word-at-a-time hash of `bytes` into `seed` (short keys: a handful of multiplies).
+fn mix(seed: u64, bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
+    }
+    h = (h ^ tail_word(chunks.remainder())).wrapping_mul(K);
+    h ^ (h >> 32)
+}
+
+/// The up to 7 bytes of `rest` as one little-endian word, from two overlapping loads: a
+/// byte-wise copy into a buffer then a word load stalls on store forwarding.
+fn tail_word(rest: &[u8]) -> u64 {
+    let n = rest.len();
+    let le32 = |b: &[u8]| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let le16 = |b: &[u8]| u64::from(u16::from_le_bytes([b[0], b[1]]));
+    match n {
+        0 => 0,
+        1 => u64::from(rest[0]),
+        2..4 => le16(rest) | (le16(&rest[n - 2..]) >> ((4 - n) * 8)) << 16,
+        _ => le32(rest) | (le32(&rest[n - 4..]) >> ((8 - n) * 8)) << 32,
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn tail_word_is_exact() {
+    for n in 0..8 {
+        let bytes: Vec<u8> = (1..=n as u8).collect();
+        let mut w = [0u8; 8];
+        w[..n].copy_from_slice(&bytes);
+        assert_eq!(tail_word(&bytes), u64::from_le_bytes(w), "{n} bytes");
+    }
+}
+
+#[expect(
+    clippy::field_reassign_with_default,
+    reason = "each flag reads the ones set before it"
+)]
+fn compute(key: &[u8], parent: Option<&[u8]>) -> Hints {
     let mut kb = [0u8; 48];
     let n = normalize(key, &mut kb);
     let k = &kb[..n];
@@ -412,6 +505,8 @@ pub fn hints(key: &[u8], parent: Option<&[u8]>) -> Hints {
         || k == b"v"
         || contains(k, "useragent")
         || k == b"ua";
+    h.personal = is_personal_key(key);
+    h.plain_name = is_plain_name(key) && !h.person_name;
     h
 }
 

@@ -273,79 +273,187 @@ impl Detector {
         {
             return None;
         }
-        let text = std::str::from_utf8(s).ok()?;
-        let digits: Vec<u8> = s.iter().copied().filter(u8::is_ascii_digit).collect();
-        let groups: Vec<&str> = text
-            .split(['.', '-', ' ', '/', '(', ')'])
-            .filter(|g| !g.is_empty())
-            .collect();
+        // One pass over the bytes, no allocation: candidates are dense in API traffic, and most
+        // are timestamps, amounts and ids to reject quickly.
+        let shape = NumberShape::of(s)?;
+        let digits = shape.digits();
 
-        // Dotted quads: IPv4, unless a version string (rv:1.9.0.1, Chrome/1.2.3.4).
-        if s.iter().all(|b| b.is_ascii_digit() || *b == b'.') && groups.len() >= 4 {
-            let ip: Ipv4Addr = text.parse().ok()?;
-            let versioned = hints.version
-                || before.is_some_and(|b| matches!(b, b'/' | b':' | b'v' | b'V'))
-                || follows_version_word(prefix);
-            return (!versioned && validate::public_ipv4(ip)).then_some(DataType::IpAddress);
+        if shape.separators == 0 {
+            // Plain digits: a card (Luhn), or by field name a phone or an SSN.
+            if (12..=19).contains(&digits.len()) && !hints.not_personal_number {
+                let short = digits.len() == 12 || (digits.len() == 13 && digits[0] != b'4');
+                if (!short || hints.card || mentions_card(prefix)) && validate::credit_card(digits)
+                {
+                    return Some(DataType::CreditCard);
+                }
+            }
+            if digits.len() == 9 && hints.ssn {
+                return validate::us_ssn(digits).then_some(DataType::UsSsn);
+            }
+            // E.164 (`+33612345678`) says it is a phone by itself; bare digits need the field,
+            // or in free text a phone word just before.
+            if hints.not_personal_number
+                || !(hints.phone || s.starts_with(b"+") || mentions_phone(prefix))
+            {
+                return None;
+            }
+        } else {
+            // Dotted quads: IPv4, unless a version string (rv:1.9.0.1, Chrome/1.2.3.4).
+            if shape.only_dots && shape.groups >= 4 {
+                let ip: Ipv4Addr = std::str::from_utf8(s).ok()?.parse().ok()?;
+                let versioned = hints.version
+                    || before.is_some_and(|b| matches!(b, b'/' | b':' | b'v' | b'V'))
+                    || follows_version_word(prefix);
+                return (!versioned && validate::public_ipv4(ip)).then_some(DataType::IpAddress);
+            }
+            if shape.date_like() {
+                return None;
+            }
+            // SSN: 3-2-4 with one kind of separator.
+            if shape.sizes() == [3, 2, 4]
+                && (shape.dashes == 2) != (shape.spaces == 2)
+                && shape.dashes + shape.spaces == 2
+            {
+                return validate::us_ssn(digits).then_some(DataType::UsSsn);
+            }
+            if hints.not_personal_number {
+                return None;
+            }
+            if shape.card_separators
+                && !s.starts_with(b"+")
+                && (12..=19).contains(&digits.len())
+                && validate::credit_card(digits)
+            {
+                return Some(DataType::CreditCard);
+            }
         }
-        if is_date_like(&groups) {
-            return None;
-        }
-        // SSN: 3-2-4 with one kind of separator.
-        let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-        if sizes == [3, 2, 4]
-            && (text.contains('-') ^ text.contains(' '))
-            && !text.contains(['.', '('])
-        {
-            return validate::us_ssn(&digits).then_some(DataType::UsSsn);
-        }
-        if hints.not_personal_number {
-            return None;
-        }
-        let card_separators = s
-            .iter()
-            .all(|b| b.is_ascii_digit() || *b == b' ' || *b == b'-')
-            && !s.starts_with(b"+");
-        // Short card lengths (12-13 digits: Maestro, old Visa) are common id lengths too: alone
-        // they count only in a card field, or written in groups, or after the word "card".
-        let short = digits.len() == 12 || (digits.len() == 13 && digits[0] != b'4');
-        let card_context =
-            hints.card || s.contains(&b' ') || s.contains(&b'-') || mentions_card(prefix);
-        if card_separators
-            && (12..=19).contains(&digits.len())
-            && (!short || card_context)
-            && validate::credit_card(&digits)
-        {
-            return Some(DataType::CreditCard);
-        }
-        if digits.len() == 9 && groups.len() == 1 && hints.ssn {
-            return validate::us_ssn(&digits).then_some(DataType::UsSsn);
-        }
+        let groups_ok = shape.groups >= 3 && shape.sizes().iter().all(|g| *g <= 5);
         let phone_shaped = s.starts_with(b"+")
             || s.starts_with(b"00")
             || s.contains(&b'(')
-            || (groups.len() >= 3 && groups.iter().all(|g| g.len() <= 5))
+            || groups_ok
             || hints.phone;
-        if phone_shaped {
-            let end = s.len();
-            let mut candidate = text.to_owned();
-            if extension > 0 {
-                candidate.push_str(std::str::from_utf8(&rest[..extension]).unwrap_or(""));
-            }
-            let _ = end;
-            if validate::phone(&candidate, &self.regions) {
-                return Some(DataType::Phone);
-            }
-            // A phone field with a number in a national format that starts with a trunk prefix
-            // (`020 7946 0958`, `06 12 34 56 78`): try the common countries. NANP numbers never
-            // start with 0, so `(123) 456-7890` stays invalid.
-            let trunk =
-                candidate.trim_start_matches('(').starts_with('0') && !candidate.starts_with("00");
-            if hints.phone && trunk && validate::phone(&candidate, COMMON_REGIONS) {
-                return Some(DataType::Phone);
+        if !phone_shaped || !(7..=15).contains(&digits.len()) {
+            return None;
+        }
+        let mut candidate = std::str::from_utf8(s).ok()?.to_owned();
+        if extension > 0 {
+            candidate.push_str(std::str::from_utf8(&rest[..extension]).unwrap_or(""));
+        }
+        if validate::phone(&candidate, &self.regions) {
+            return Some(DataType::Phone);
+        }
+        // A phone field with a number in another country's national format: with a trunk
+        // prefix (`020 7946 0958`, `06 12 34 56 78`) or without one (Spain, Italy: `612 34 66
+        // 00`): try the common countries. Not for what is written the NANP way (3-3-4 digits),
+        // which the configured regions already judged: `(123) 456-7890` is valid in the UK's
+        // plan but is a placeholder; nor for short local numbers.
+        let nanp_shaped = shape.sizes() == [3, 3, 4] && digits[0] != b'0';
+        (hints.phone
+            && !nanp_shaped
+            && digits.len() >= 8
+            && !candidate.starts_with('+')
+            && validate::phone(&candidate, COMMON_REGIONS))
+        .then_some(DataType::Phone)
+    }
+}
+
+/// The digits and digit groups of a number-like candidate, read in one pass.
+struct NumberShape {
+    digit_buf: [u8; 19],
+    n_digits: usize,
+    /// Digit count of each group (separated by any of `.-()/` or space), up to 12 groups.
+    group_buf: [u8; 12],
+    groups: usize,
+    separators: usize,
+    dashes: usize,
+    spaces: usize,
+    only_dots: bool,
+    /// Separators are spaces or dashes only (how card numbers are written).
+    card_separators: bool,
+}
+
+impl NumberShape {
+    /// `None` when longer than any card, phone or SSN (19 digits) or in more than 12 groups.
+    fn of(s: &[u8]) -> Option<Self> {
+        let mut sh = Self {
+            digit_buf: [0; 19],
+            n_digits: 0,
+            group_buf: [0; 12],
+            groups: 0,
+            separators: 0,
+            dashes: 0,
+            spaces: 0,
+            only_dots: true,
+            card_separators: true,
+        };
+        let mut in_group = false;
+        for &b in s {
+            if b.is_ascii_digit() {
+                if sh.n_digits == sh.digit_buf.len() {
+                    return None;
+                }
+                sh.digit_buf[sh.n_digits] = b;
+                sh.n_digits += 1;
+                if !in_group {
+                    if sh.groups == sh.group_buf.len() {
+                        return None;
+                    }
+                    sh.groups += 1;
+                    in_group = true;
+                }
+                sh.group_buf[sh.groups - 1] += 1;
+            } else {
+                in_group = false;
+                if b != b'+' {
+                    sh.separators += 1;
+                }
+                sh.dashes += usize::from(b == b'-');
+                sh.spaces += usize::from(b == b' ');
+                sh.only_dots &= b == b'.';
+                sh.card_separators &= b == b' ' || b == b'-';
             }
         }
-        None
+        Some(sh)
+    }
+
+    fn digits(&self) -> &[u8] {
+        &self.digit_buf[..self.n_digits]
+    }
+
+    fn sizes(&self) -> &[u8] {
+        &self.group_buf[..self.groups]
+    }
+
+    /// Value of group `i` (its digits, as a number).
+    fn group_value(&self, i: usize) -> u32 {
+        let from: usize = self.group_buf[..i].iter().map(|g| usize::from(*g)).sum();
+        let len = usize::from(self.group_buf[i]);
+        self.digit_buf[from..from + len]
+            .iter()
+            .fold(0, |v, d| v * 10 + u32::from(d - b'0'))
+    }
+
+    /// `2024-01-31`, `31/01/2024`, `01.31.2024`, also followed by a time (`2024-01-31 10`):
+    /// dates are birth dates only by context, never phone numbers.
+    fn date_like(&self) -> bool {
+        if self.groups < 3 {
+            return false;
+        }
+        let year = 1800..=2200;
+        match (self.group_buf[0], self.group_buf[1], self.group_buf[2]) {
+            (4, 1 | 2, 1 | 2) => {
+                year.contains(&self.group_value(0))
+                    && (1..=12).contains(&self.group_value(1))
+                    && (1..=31).contains(&self.group_value(2))
+            }
+            (1 | 2, 1 | 2, 4) => {
+                year.contains(&self.group_value(2))
+                    && (1..=31).contains(&self.group_value(0))
+                    && (1..=31).contains(&self.group_value(1))
+            }
+            _ => false,
+        }
     }
 }
 
@@ -357,6 +465,18 @@ fn mentions_card(prefix: &[u8]) -> bool {
         || lower.contains("pan")
         || lower.contains("cc ")
         || lower.contains("cc:")
+}
+
+/// Whether the words just before a number name it a phone number (`phone: 4155552671`).
+fn mentions_phone(prefix: &[u8]) -> bool {
+    let tail = &prefix[prefix.len().saturating_sub(16)..];
+    let mut buf = [0u8; 16];
+    let lower = &mut buf[..tail.len()];
+    lower.copy_from_slice(tail);
+    lower.make_ascii_lowercase();
+    [&b"phone"[..], b"mobile", b"tel:", b"tel ", b"cell"]
+        .iter()
+        .any(|w| memchr::memmem::find(lower, w).is_some())
 }
 
 /// Whether the words just before a number name it a version (`version 1.2.3.4`, `ver: 2.0.1.7`).
@@ -407,30 +527,6 @@ fn extension_len(rest: &[u8]) -> usize {
         return 0;
     }
     j + digits
-}
-
-/// `2024-01-31`, `31/01/2024`, `01.31.2024`: dates are birth dates only by context.
-fn is_date_like(groups: &[&str]) -> bool {
-    let sizes: Vec<usize> = groups.iter().take(3).map(|g| g.len()).collect();
-    let num = |i: usize| {
-        groups
-            .get(i)
-            .and_then(|g| g.parse::<u32>().ok())
-            .unwrap_or(0)
-    };
-    match sizes.as_slice() {
-        [4, 1 | 2, 1 | 2] => {
-            (1800..=2200).contains(&num(0))
-                && (1..=12).contains(&num(1))
-                && (1..=31).contains(&num(2))
-        }
-        [1 | 2, 1 | 2, 4] => {
-            (1800..=2200).contains(&num(2))
-                && (1..=31).contains(&num(0))
-                && (1..=31).contains(&num(1))
-        }
-        _ => false,
-    }
 }
 
 /// A JWT: header and payload are base64url JSON objects, and the header names an algorithm.
@@ -518,11 +614,15 @@ mod tests {
         ] {
             assert_eq!(types(text), vec![], "{text}");
         }
-        let mut versioned = Hints::default();
-        versioned.version = true;
+        let versioned = Hints {
+            version: true,
+            ..Hints::default()
+        };
         assert_eq!(found("8.8.8.8", &versioned), vec![]);
-        let mut order = Hints::default();
-        order.not_personal_number = true;
+        let order = Hints {
+            not_personal_number: true,
+            ..Hints::default()
+        };
         assert_eq!(found("4111111111111111", &order), vec![]);
     }
 
