@@ -43,6 +43,12 @@ enum Task {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
+    /// Benchmarks, each reported beside its baseline in the same run: the detector (criterion,
+    /// against JSON parsing of the same bytes).
+    Bench {
+        /// Only run benchmarks whose name contains this filter.
+        filter: Option<String>,
+    },
     /// Lint host crates and the eBPF crate (for its own target), and check formatting.
     Lint,
     /// Fuzz a target (http_session, records) with cargo-fuzz for a while.
@@ -62,6 +68,7 @@ fn main() -> Result<()> {
             toolchain::ensure()?;
             if test_deps {
                 packages::ensure()?;
+                packages::ensure_python_modules()?;
             }
             Ok(())
         }
@@ -73,6 +80,7 @@ fn main() -> Result<()> {
         }
         Task::Test { filter } => test(filter.as_deref()),
         Task::Lint => lint(),
+        Task::Bench { filter } => bench(filter.as_deref()),
         Task::Fuzz { target, seconds } => fuzz(&target, seconds),
     }
 }
@@ -130,6 +138,7 @@ fn target_dir() -> PathBuf {
 fn test(filter: Option<&str>) -> Result<()> {
     toolchain::ensure()?;
     packages::ensure()?;
+    packages::ensure_python_modules()?;
     let bin = build_agent()?;
 
     let mut unit = cargo()?;
@@ -164,6 +173,23 @@ fn test(filter: Option<&str>) -> Result<()> {
         integration.arg(f);
     }
     run(&mut integration)
+}
+
+fn bench(filter: Option<&str>) -> Result<()> {
+    toolchain::ensure()?;
+    let mut detector = cargo()?;
+    detector.args([
+        "bench",
+        "--package",
+        "monitor-user",
+        "--bench",
+        "detect",
+        "--",
+    ]);
+    if let Some(f) = filter {
+        detector.arg(f);
+    }
+    run(&mut detector)
 }
 
 fn lint() -> Result<()> {

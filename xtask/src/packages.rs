@@ -55,6 +55,55 @@ pub(crate) fn ensure() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// Python modules the labelled corpus generator needs, pinned to a major version so that a
+/// seed gives the same corpus: (import name, pip requirement).
+const PYTHON_MODULES: &[(&str, &str)] = &[
+    ("faker", "faker==40.*"),
+    ("phonenumbers", "phonenumbers==9.*"),
+];
+
+/// Installs the corpus generator's Python modules with pip when they cannot be imported.
+pub(crate) fn ensure_python_modules() -> Result<()> {
+    let missing: Vec<&str> = PYTHON_MODULES
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(_, req)| *req)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Python modules {}", missing.join(" "));
+    let has_pip = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_pip {
+        if !nix_is_root() {
+            bail!("python3 has no pip; install python3-pip as root");
+        }
+        run(Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "python3-pip",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    // Debian's system Python refuses pip installs without this flag (PEP 668); a pyenv or venv
+    // Python ignores it.
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(&missing)
+        .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))
+}
+
 /// Whether this process runs as root (apt and the eBPF tests need it).
 pub(crate) fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

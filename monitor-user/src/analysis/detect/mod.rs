@@ -161,6 +161,9 @@ impl Detector {
     /// A detector reading phone numbers without `+` in `regions`, in order.
     #[must_use]
     pub fn new(regions: &[phonenumber::country::Id]) -> Self {
+        // libphonenumber's metadata loads on first use (about 0.1 s): here, at start-up, not
+        // in the middle of the traffic that first carries a phone number.
+        let _ = validate::phone("+14155552671", regions);
         Self {
             scanner: Scanner::new(),
             regions: regions.to_vec(),
