@@ -1,6 +1,7 @@
 //! apimon: a Linux host agent that sees the HTTP calls processes make to third-party APIs (and
 //! the calls they serve), plaintext or TLS, and reports them as events and metrics.
 
+pub mod alert;
 pub mod analysis;
 pub mod analyze;
 pub mod capture;

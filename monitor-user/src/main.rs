@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use apimon::{
     capture::host::{self, Status},
-    config::Config,
+    config::{Config, Overrides},
 };
 use clap::{Parser, Subcommand};
 
@@ -58,6 +58,20 @@ enum Command {
     },
     /// Check whether this host can run the agent, and say what to fix.
     Check,
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE: syntax, keys, ranges, that secrets resolve; errors give the line.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 fn init_logs(level: &str) {
@@ -89,6 +103,9 @@ fn main() -> ExitCode {
             report,
         } => analyze(&har, config, data_map, report),
         Command::Check => return check(),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => config_check(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,19 +157,39 @@ fn run(
     report: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let mut config = load_config(config)?;
-    if let Some(e) = events {
-        config.output.events = Some(e);
+    let overrides = Overrides {
+        events,
+        metrics_addr,
+        data_map,
+        report,
+    };
+    overrides.apply(&mut config);
+    apimon::run::run(config, overrides)
+}
+
+fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    println!("{}: ok", file.display());
+    let a = &config.alerts;
+    for s in &a.sinks {
+        println!(
+            "  sink {} ({}): rate {}/min, timeout {:?}, min severity {}",
+            s.name,
+            s.kind.as_str(),
+            s.rate_per_minute,
+            s.timeout,
+            s.min_severity.as_str()
+        );
     }
-    if let Some(a) = metrics_addr {
-        config.output.metrics_addr = a;
+    if a.sinks.is_empty() {
+        println!("  no alert sinks: alerts are counted in metrics and written to events only");
     }
-    if data_map.is_some() {
-        config.output.data_map = data_map;
-    }
-    if report.is_some() {
-        config.output.report = report;
-    }
-    apimon::run::run(config)
+    println!(
+        "  state in {}, anomaly window {:?}",
+        a.state_dir.display(),
+        config.anomaly.interval
+    );
+    Ok(())
 }
 
 fn check() -> ExitCode {

@@ -15,11 +15,13 @@ use aya::maps::{MapData, RingBuf};
 use tracing::{debug, warn};
 
 use crate::{
-    analysis::{Analysis, Analyzer, CallContext, CallDirection, datamap::DataMap},
+    alert::{Alert, alerter::Alerter},
+    analysis::{Analysis, Analyzer, CallContext, CallDirection, Destinations, datamap::DataMap},
     capture::{
         control::{Notice, Request},
         records::{self, Record, Role},
     },
+    config::Config,
     conn::{ConnEvent, ConnTable},
     output::{events::EventWriter, metrics::Metrics},
 };
@@ -129,6 +131,27 @@ impl Outputs {
         }
     }
 
+    /// Alerts raised, as `{"kind":"alert","alert":{...}}` events.
+    pub fn alerts(&mut self, alerts: &[Alert], metrics: &Metrics) {
+        #[derive(serde::Serialize)]
+        struct AlertEvent<'a> {
+            kind: &'static str,
+            alert: &'a Alert,
+        }
+        let Some(events) = self.events.as_mut() else {
+            return;
+        };
+        for alert in alerts {
+            if let Err(e) = events.write(&AlertEvent {
+                kind: "alert",
+                alert,
+            }) {
+                warn!("writing events failed: {e}");
+                metrics.lost.with_label_values(&["output_error"]).inc();
+            }
+        }
+    }
+
     /// Flushes events and rewrites the data map files.
     pub fn flush(&mut self, write_map: bool) {
         if let Some(events) = self.events.as_mut()
@@ -159,6 +182,8 @@ pub struct Pipeline {
     pub outputs: Outputs,
     pub metrics: Arc<Metrics>,
     pub control: Sender<Request>,
+    /// Findings and anomalies to alerts; `None` when alerting is off.
+    pub alerter: Option<Alerter>,
     pub clock: Clock,
     out: Vec<ConnEvent>,
     last_map_write: Instant,
@@ -192,9 +217,24 @@ impl Pipeline {
             outputs,
             metrics,
             control,
+            alerter: None,
             clock: Clock::new(),
             out: Vec::new(),
             last_map_write: Instant::now(),
+        }
+    }
+
+    /// Applies a reloaded configuration: destinations, alert rules, anomaly sensitivity.
+    /// Connections, baselines and open alert groups are kept.
+    pub fn reload(&mut self, config: &Config) {
+        let d = &config.destinations;
+        self.analyzer.set_destinations(Destinations::new(
+            &d.internal_networks,
+            &d.internal_domains,
+            &d.third_party_domains,
+        ));
+        if let Some(a) = self.alerter.as_mut() {
+            a.reload(config);
         }
     }
 
@@ -203,6 +243,7 @@ impl Pipeline {
         mut self,
         mut ring: RingBuf<MapData>,
         notices: &Receiver<Notice>,
+        reloads: &Receiver<Arc<Config>>,
         stop: &AtomicBool,
     ) {
         let fd = ring.as_raw_fd();
@@ -221,6 +262,9 @@ impl Pipeline {
             }
             while let Ok(n) = notices.try_recv() {
                 self.notice(n);
+            }
+            while let Ok(c) = reloads.try_recv() {
+                self.reload(&c);
             }
             if stopping {
                 break;
@@ -307,6 +351,10 @@ impl Pipeline {
         self.metrics
             .buffered
             .set(i64::try_from(self.table.memory()).unwrap_or(i64::MAX));
+        if let Some(a) = self.alerter.as_mut() {
+            let alerts = a.tick();
+            self.outputs.alerts(&alerts, &self.metrics);
+        }
         let write_map = self.last_map_write.elapsed() >= self.outputs.data_map_interval;
         if write_map {
             self.last_map_write = Instant::now();
@@ -319,6 +367,10 @@ impl Pipeline {
         let mut out = std::mem::take(&mut self.out);
         self.table.close_all(&mut out);
         self.emit(&mut out);
+        if let Some(a) = self.alerter.as_mut() {
+            let alerts = a.finish();
+            self.outputs.alerts(&alerts, &self.metrics);
+        }
         self.outputs.flush(true);
     }
 
@@ -342,6 +394,9 @@ impl Pipeline {
                     };
                     let analysis = self.analyzer.analyze(&ctx, &x);
                     self.outputs.record(&analysis, &self.metrics);
+                    if let Some(a) = self.alerter.as_mut() {
+                        a.call(&analysis);
+                    }
                 }
                 ConnEvent::ParseError(e) => self
                     .metrics

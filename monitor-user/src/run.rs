@@ -7,9 +7,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tokio::{signal::unix::SignalKind, sync::watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
+    alert::{alerter::Alerter, deliver, novelty::Novelty, spool::Spool},
     analysis::{
         Analyzer, Destinations, datamap::DataMap, detect::Detector, inspect::Inspector,
         mask::Hasher, route::Routes,
@@ -19,7 +20,7 @@ use crate::{
         host::{self, Check, Status},
         loader::{self, LoadOptions},
     },
-    config::Config,
+    config::{Config, Overrides},
     conn::{ConnTable, TableConfig},
     http::Limits,
     output::{events::EventWriter, metrics::Metrics, server},
@@ -66,8 +67,84 @@ pub fn verify_programs() -> Check {
     }
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Where alerts wait and what is known lives; `None` parts when the state directory is not
+/// writable and no sink needs it.
+fn state(config: &Config) -> anyhow::Result<(Option<Arc<Spool>>, Option<std::path::PathBuf>)> {
+    let dir = &config.alerts.state_dir;
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => {
+            let spool = Spool::open(&dir.join("spool"), config.alerts.spool_max_alerts)
+                .with_context(|| format!("cannot open the alert spool in {}", dir.display()))?;
+            Ok((
+                Some(Arc::new(spool)),
+                Some(dir.join("known-destinations.json")),
+            ))
+        }
+        Err(e) if !config.alerts.sinks.is_empty() => bail!(
+            "alerts.state_dir {}: {e}; the alert spool needs a writable directory",
+            dir.display()
+        ),
+        Err(e) => {
+            warn!(
+                "alerts.state_dir {}: {e}; known destinations will not survive a restart",
+                dir.display()
+            );
+            Ok((None, None))
+        }
+    }
+}
+
+/// Loads the file again on SIGHUP; a bad file is refused and the running one kept.
+fn reload(
+    current: &mut Config,
+    overrides: &Overrides,
+    metrics: &Metrics,
+    pipeline: &mpsc::Sender<Arc<Config>>,
+    sinks: &watch::Sender<Vec<crate::config::alerts::SinkConfig>>,
+) {
+    let m = &metrics.alerting;
+    if current.source.as_os_str().is_empty() {
+        warn!("SIGHUP: the agent was started without --config; there is nothing to reload");
+        return;
+    }
+    let mut new = match Config::load(&current.source) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("configuration reload refused, the running configuration stays: {e}");
+            m.reloads.with_label_values(&["error"]).inc();
+            m.reload_ok.set(0);
+            return;
+        }
+    };
+    overrides.apply(&mut new);
+    let restart = current.needs_restart(&new);
+    if !restart.is_empty() {
+        warn!(
+            "configuration reloaded; changes to {} take effect at the next restart",
+            restart.join(", ")
+        );
+    }
+    if new.alerts.sinks != current.alerts.sinks {
+        let _ = sinks.send(new.alerts.sinks.clone());
+    }
+    let _ = pipeline.send(Arc::new(new.clone()));
+    m.reloads.with_label_values(&["ok"]).inc();
+    m.reload_ok.set(1);
+    info!("configuration reloaded from {}", new.source.display());
+    // Restart-only sections keep their running values, so the next diff stays honest.
+    let keep = std::mem::replace(current, new);
+    current.capture = keep.capture;
+    current.output = keep.output;
+    current.privacy = keep.privacy;
+    current.analysis = keep.analysis;
+    current.metrics = keep.metrics;
+    current.alerts.state_dir = keep.alerts.state_dir;
+    current.alerts.spool_max_alerts = keep.alerts.spool_max_alerts;
+    current.anomaly.max_destinations = keep.anomaly.max_destinations;
+}
+
+/// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration.
+pub fn run(config: Config, overrides: Overrides) -> anyhow::Result<()> {
     let failures: Vec<String> = host::preflight()
         .into_iter()
         .filter(|c| c.status == Status::Fail)
@@ -92,10 +169,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, overrides))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
     let addr = config.output.metrics_addr;
     let listener = server::bind(addr).await.with_context(|| {
         format!("cannot serve metrics on {addr}; choose another address with --metrics-addr")
@@ -115,6 +192,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     info!("{} tracepoints attached", kernel.tracepoints);
 
     let metrics = Arc::new(Metrics::new(config.metrics.max_hosts));
+    let (spool, known_path) = state(&config)?;
+    let novelty = Novelty::load(
+        known_path,
+        config.anomaly.learning_period,
+        config.anomaly.max_destinations,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (alerts_tx, alerts_rx) = tokio::sync::mpsc::channel(1024);
+    let (sinks_tx, sinks_rx) = watch::channel(config.alerts.sinks.clone());
+    let (stop_alerts, alerts_stopped) = watch::channel(false);
+    let dispatcher = tokio::spawn(deliver::dispatch(
+        alerts_rx,
+        sinks_rx,
+        spool,
+        Arc::clone(&metrics),
+        alerts_stopped,
+    ));
+    let (reload_tx, reload_rx) = mpsc::channel();
     let (requests_tx, requests_rx) = mpsc::channel();
     let (notices_tx, notices_rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,13 +245,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         report_path: config.output.report.clone(),
         data_map_interval: config.output.data_map_interval,
     };
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         table,
         analyzer(&config)?,
         outputs,
         Arc::clone(&metrics),
         requests_tx,
     );
+    pipeline.alerter = Some(Alerter::new(
+        &config,
+        novelty,
+        alerts_tx,
+        Arc::clone(&metrics),
+    ));
 
     let control_thread = {
         let stop = Arc::clone(&stop);
@@ -174,7 +275,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         thread::Builder::new()
             .name("apimon-pipeline".into())
             .spawn(move || {
-                pipeline.run(ring, &notices_rx, &stop);
+                pipeline.run(ring, &notices_rx, &reload_rx, &stop);
                 let _ = ended.send("pipeline");
             })?
     };
@@ -187,10 +288,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let unexpected = tokio::select! {
-        _ = sigint.recv() => None,
-        _ = sigterm.recv() => None,
-        which = ended_rx.recv() => which,
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let unexpected = loop {
+        tokio::select! {
+            _ = sigint.recv() => break None,
+            _ = sigterm.recv() => break None,
+            which = ended_rx.recv() => break which,
+            _ = sighup.recv() => reload(&mut config, &overrides, &metrics, &reload_tx, &sinks_tx),
+        }
     };
     info!("stopping");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -198,6 +303,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // programs, which detaches them all.
     let pipeline_ok = pipeline_thread.join().is_ok();
     let control_ok = control_thread.join().is_ok();
+    // The pipeline has queued its last alerts; the dispatcher spools them, then stops.
+    let _ = stop_alerts.send(true);
+    let _ = dispatcher.await;
     let _ = stop_server.send(true);
     let _ = server_task.await;
     if !pipeline_ok || !control_ok {

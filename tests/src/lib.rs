@@ -17,6 +17,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod receiver;
+
 /// The third party's address (TEST-NET-2: routes nowhere else).
 pub const API_ADDR: &str = "198.51.100.10";
 /// The host side of the link to it.
@@ -241,6 +243,12 @@ impl Agent {
     /// Starts the agent with extra arguments to `apimon run`.
     #[must_use]
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_env(extra, &[])
+    }
+
+    /// Starts the agent with extra arguments and environment variables.
+    #[must_use]
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let events =
             std::env::temp_dir().join(format!("apimon-events-{}-{n}.jsonl", std::process::id()));
@@ -252,6 +260,7 @@ impl Agent {
             .arg(&events)
             .args(["--metrics-addr", &metrics.to_string()])
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(fs::File::create(&stderr).expect("agent log"))
             .spawn()
             .expect("start apimon");
@@ -283,6 +292,46 @@ impl Agent {
             );
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The agent's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends `signal` to the agent.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// Whether the agent is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the agent with SIGKILL (no chance to flush or clean up); returns its log.
+    pub fn kill(mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.log()
+    }
+
+    /// Polls `/metrics` until `line` appears, for at most `secs` seconds.
+    pub fn wait_metric(&self, what: impl Fn(&str) -> bool, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if self.scrape().lines().any(&what) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        false
     }
 
     /// The agent's log so far.

@@ -41,7 +41,7 @@ pub const DEFAULT_INTERNAL_DOMAINS: &[&str] = &[
     ".home.arpa",
 ];
 
-fn suffix_matches(host: &str, pattern: &str) -> bool {
+pub(crate) fn suffix_matches(host: &str, pattern: &str) -> bool {
     match pattern.strip_prefix('.') {
         Some(suffix) => host.ends_with(pattern) || host == suffix,
         None => host == pattern || host.ends_with(&format!(".{pattern}")),

@@ -147,6 +147,11 @@ impl Analyzer {
         }
     }
 
+    /// Replaces what counts as internal (configuration reload).
+    pub fn set_destinations(&mut self, destinations: Destinations) {
+        self.destinations = destinations;
+    }
+
     /// The call, and the findings, of an exchange.
     pub fn analyze(&mut self, ctx: &CallContext<'_>, x: &Exchange) -> Analysis {
         let head = &x.request.head;

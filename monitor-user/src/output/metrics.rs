@@ -4,10 +4,11 @@
 use std::{collections::HashSet, sync::Mutex};
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
+use super::alert_metrics::AlertMetrics;
 use crate::analysis::Call;
 
 /// Caps the distinct values of a label.
@@ -101,11 +102,18 @@ pub struct Metrics {
     /// `apimon_data_flow_calls_total{process,host,data_type,side}`: calls to third parties
     /// carrying each kind of data.
     pub data_flows: IntCounterVec,
+    /// Alerts, anomalies, configuration reloads.
+    pub alerting: AlertMetrics,
     hosts: Mutex<LabelLimiter>,
     processes: Mutex<LabelLimiter>,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
@@ -114,7 +122,7 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     c
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+pub(crate) fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
         .register(Box::new(c.clone()))
@@ -122,7 +130,7 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+pub(crate) fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
         .register(Box::new(g.clone()))
@@ -267,15 +275,35 @@ impl Metrics {
                 "Calls to third parties carrying personal data or secrets, by process, host, data type and side.",
                 &["process", "host", "data_type", "side"],
             ),
+            alerting: AlertMetrics::new(&registry),
             hosts: Mutex::new(LabelLimiter::new(max_hosts)),
             processes: Mutex::new(LabelLimiter::new(100)),
             registry,
             requests,
             duration,
         };
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "apimon_build_info",
+                "Always 1; the agent's version as a label.",
+            ),
+            &["version"],
+        )
+        .unwrap_or_else(|e| panic!("build info: {e}"));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let _ = metrics.registry.register(Box::new(build));
         // Zero series for every loss reason, so that dashboards and alerts see them from the start.
         for reason in LOST_REASONS {
             metrics.lost.with_label_values(&[reason]).inc_by(0);
+        }
+        for reason in [
+            "head_too_large",
+            "bad_head",
+            "bad_chunk",
+            "bad_length",
+            "gap",
+        ] {
+            metrics.parse_errors.with_label_values(&[reason]).inc_by(0);
         }
         #[cfg(target_os = "linux")]
         {

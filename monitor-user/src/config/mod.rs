@@ -1,5 +1,8 @@
 //! The agent's configuration: one TOML file, every key optional (the agent runs with none).
 
+pub mod alerts;
+pub mod locate;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -8,6 +11,9 @@ use std::{
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
+
+use self::alerts::{AlertsConfig, AnomalyConfig};
+use crate::analysis::detect::DataType;
 
 /// Why a configuration was rejected. The message names the file, line and key.
 #[derive(Debug, thiserror::Error)]
@@ -19,10 +25,12 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path}: {key}: {message}")]
+    #[error("{path}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
-        key: &'static str,
+        /// Where the key is, when the text is at hand.
+        line: Option<usize>,
+        key: String,
         message: String,
     },
 }
@@ -37,6 +45,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub privacy: PrivacyConfig,
     pub analysis: AnalysisConfig,
+    pub alerts: AlertsConfig,
+    pub anomaly: AnomalyConfig,
     /// The file this came from, for error messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -100,7 +110,8 @@ impl PrivacyConfig {
                 Ok(v) if !v.is_empty() => Ok(Some(v.into_bytes())),
                 _ => Err(ConfigError::Invalid {
                     path: path.to_owned(),
-                    key: "privacy.hash_key_env",
+                    line: None,
+                    key: "privacy.hash_key_env".into(),
                     message: format!("environment variable {var} is not set"),
                 }),
             };
@@ -120,7 +131,8 @@ impl PrivacyConfig {
                     .parse()
                     .map_err(|_unknown| ConfigError::Invalid {
                         path: path.to_owned(),
-                        key: "privacy.phone_regions",
+                        line: None,
+                        key: "privacy.phone_regions".into(),
                         message: format!("{r} is not an ISO 3166 region code"),
                     })
             })
@@ -220,12 +232,68 @@ impl Default for MetricsConfig {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
+/// Command-line settings that win over the file; kept to apply again on reload.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub events: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub data_map: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// Puts the command line's settings into `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(e) = &self.events {
+            config.output.events = Some(e.clone());
+        }
+        if let Some(a) = self.metrics_addr {
+            config.output.metrics_addr = a;
+        }
+        if self.data_map.is_some() {
+            config.output.data_map.clone_from(&self.data_map);
+        }
+        if self.report.is_some() {
+            config.output.report.clone_from(&self.report);
+        }
+    }
+}
+
 impl Config {
+    /// Sections a reload cannot change: the running agent keeps the old values until restart.
+    #[must_use]
+    pub fn needs_restart(&self, new: &Self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |name, same: bool| {
+            if !same {
+                changed.push(name);
+            }
+        };
+        check("capture", self.capture == new.capture);
+        check("output", self.output == new.output);
+        check("privacy", self.privacy == new.privacy);
+        check("analysis", self.analysis == new.analysis);
+        check("metrics", self.metrics == new.metrics);
+        check(
+            "alerts.state_dir",
+            self.alerts.state_dir == new.alerts.state_dir,
+        );
+        check(
+            "alerts.spool_max_alerts",
+            self.alerts.spool_max_alerts == new.alerts.spool_max_alerts,
+        );
+        check(
+            "anomaly.max_destinations",
+            self.anomaly.max_destinations == new.anomaly.max_destinations,
+        );
+        changed
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -241,14 +309,28 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        config.validate(path)?;
+        let mut config = config;
+        config.source = path.to_owned();
+        config.validate(path).map_err(|e| match e {
+            ConfigError::Invalid {
+                path, key, message, ..
+            } => ConfigError::Invalid {
+                line: locate::line_of(text, &key),
+                path,
+                key,
+                message,
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| ConfigError::Invalid {
+    /// Checks what the types cannot: ranges, names, that secrets resolve.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
             path: path.to_owned(),
-            key,
+            line: None,
+            key: key.to_owned(),
             message: message.to_owned(),
         };
         let ring = self.capture.ring_buffer_bytes;
@@ -292,7 +374,143 @@ impl Config {
         if self.metrics.max_hosts == 0 {
             return Err(invalid("metrics.max_hosts", "must be at least 1"));
         }
+        self.validate_alerts()
+            .map_err(|(key, message)| invalid(&key, &message))?;
+        self.validate_anomaly()
+            .map_err(|(key, message)| invalid(&key, &message))
+    }
+
+    fn validate_alerts(&self) -> Result<(), (String, String)> {
+        let a = &self.alerts;
+        let known_type = |t: &str| DataType::ALL.iter().any(|d| d.name() == t);
+        for (i, t) in a.ignore_data_types.iter().enumerate() {
+            if !known_type(t) {
+                return Err((
+                    format!("alerts.ignore_data_types[{i}]"),
+                    format!("{t} is not a data type apimon reports"),
+                ));
+            }
+        }
+        for (i, o) in a.overrides.iter().enumerate() {
+            if o.hosts.is_empty() {
+                return Err((
+                    format!("alerts.overrides[{i}]"),
+                    "needs `hosts`, the hosts it applies to".into(),
+                ));
+            }
+            if let Some(t) = o.ignore_data_types.iter().find(|t| !known_type(t)) {
+                return Err((
+                    format!("alerts.overrides[{i}].ignore_data_types"),
+                    format!("{t} is not a data type apimon reports"),
+                ));
+            }
+        }
+        for (i, s) in a.silences.iter().enumerate() {
+            if let Some(until) = &s.until
+                && humantime::parse_rfc3339_weak(until).is_err()
+            {
+                return Err((
+                    format!("alerts.silences[{i}].until"),
+                    format!("{until} is not an RFC 3339 time (2026-12-31T00:00:00Z)"),
+                ));
+            }
+        }
+        if a.group_wait > a.dedup_window {
+            return Err((
+                "alerts.group_wait".into(),
+                "must not be longer than alerts.dedup_window".into(),
+            ));
+        }
+        if a.spool_max_alerts == 0 {
+            return Err((
+                "alerts.spool_max_alerts".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, sink) in a.sinks.iter().enumerate() {
+            let key = |k: &str| format!("alerts.sinks[{i}]{k}");
+            let name_ok = !sink.name.is_empty()
+                && sink.name.len() <= 64
+                && sink
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err((
+                    key(".name"),
+                    "must be 1-64 letters, digits, `-` or `_` (it names a spool directory)".into(),
+                ));
+            }
+            if !names.insert(sink.name.as_str()) {
+                return Err((key(".name"), format!("{} is used twice", sink.name)));
+            }
+            if !sink.url.is_set() {
+                return Err((key(""), "needs `url`, `url_file` or `url_env`".into()));
+            }
+            let url = sink.url.resolve().map_err(|m| (key(".url"), m))?;
+            let url = url.map(|u| u.expose().to_owned()).unwrap_or_default();
+            match reqwest::Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                // The URL may be a credential (Slack): the message must not repeat it.
+                _ => return Err((key(".url"), "is not an http:// or https:// URL".into())),
+            }
+            let secret = sink.secret.resolve().map_err(|m| (key(".secret"), m))?;
+            if sink.kind == alerts::SinkType::Webhook && secret.is_none() {
+                return Err((
+                    key(""),
+                    "a webhook sink needs `secret`, `secret_file` or `secret_env`: the HMAC key receivers verify alerts with".into(),
+                ));
+            }
+            if sink.rate_per_minute == 0 || sink.burst == 0 {
+                return Err((
+                    key(".rate_per_minute"),
+                    "rate_per_minute and burst must be at least 1".into(),
+                ));
+            }
+            if sink.timeout.is_zero() {
+                return Err((key(".timeout"), "must be longer than zero".into()));
+            }
+            if let Some(ca) = &sink.ca_file
+                && let Err(e) = std::fs::metadata(ca)
+            {
+                return Err((key(".ca_file"), format!("{}: {e}", ca.display())));
+            }
+        }
         Ok(())
+    }
+
+    fn validate_anomaly(&self) -> Result<(), (String, String)> {
+        let a = &self.anomaly;
+        let checks: [(&str, bool, &str); 7] = [
+            (
+                "interval",
+                a.interval >= Duration::from_secs(1),
+                "must be at least 1s",
+            ),
+            ("threshold", a.threshold > 0.0, "must be above 0"),
+            ("min_ratio", a.min_ratio >= 1.0, "must be at least 1"),
+            (
+                "half_life_windows",
+                a.half_life_windows >= 1.0,
+                "must be at least 1",
+            ),
+            (
+                "min_error_ratio",
+                a.min_error_ratio > 0.0 && a.min_error_ratio <= 1.0,
+                "must be above 0 and at most 1",
+            ),
+            ("max_series", a.max_series > 0, "must be at least 1"),
+            (
+                "max_destinations",
+                a.max_destinations > 0,
+                "must be at least 1",
+            ),
+        ];
+        match checks.iter().find(|(_, ok, _)| !ok) {
+            Some((key, _, message)) => Err((format!("anomaly.{key}"), (*message).to_owned())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -302,8 +520,26 @@ mod tests {
 
     #[test]
     fn empty_file_is_all_defaults() {
+        let parsed = Config::parse("", Path::new("x.toml")).expect("valid");
         assert_eq!(
-            Config::parse("", Path::new("x.toml")).expect("valid"),
+            Config {
+                source: PathBuf::new(),
+                ..parsed
+            },
+            Config::default()
+        );
+    }
+
+    /// The shipped, documented file says what the defaults are.
+    #[test]
+    fn shipped_example_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/apimon.toml");
+        let parsed = Config::load(&path).expect("deploy/apimon.toml parses");
+        assert_eq!(
+            Config {
+                source: PathBuf::new(),
+                ..parsed
+            },
             Config::default()
         );
     }

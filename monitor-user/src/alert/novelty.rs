@@ -1,0 +1,250 @@
+//! What is new: a process calling a third party for the first time, a kind of personal data
+//! going to a destination for the first time. What is known survives restarts (a JSON file in
+//! the state directory), so a restart does not re-announce every destination, and a learning
+//! period after the very first start keeps the initial inventory quiet.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::datamap::write_atomic;
+
+/// Something seen for the first time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Novel {
+    /// The process never called this host before; the data types it sent this time.
+    Destination { data_types: Vec<String> },
+    /// The process never sent this data type to this host before.
+    DataType(String),
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Known {
+    data_types: BTreeSet<String>,
+    first_seen: String,
+    #[serde(skip)]
+    last_used: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    process: String,
+    host: String,
+    #[serde(flatten)]
+    known: Known,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Document {
+    version: u32,
+    /// New things are learned without alerts until then (RFC 3339).
+    learning_until: String,
+    destinations: Vec<Entry>,
+}
+
+/// Known destinations and data types, by host then process.
+#[derive(Debug)]
+pub struct Novelty {
+    known: HashMap<String, HashMap<String, Known>>,
+    learning_until: SystemTime,
+    max: usize,
+    len: usize,
+    clock: u64,
+    dirty: bool,
+    path: Option<PathBuf>,
+}
+
+impl Novelty {
+    /// Loads what is known from `path` (if any); a missing file starts the learning period.
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or parsed (it is not overwritten then).
+    pub fn load(path: Option<PathBuf>, learning: Duration, max: usize) -> Result<Self, String> {
+        let mut n = Self {
+            known: HashMap::new(),
+            learning_until: SystemTime::now() + learning,
+            max,
+            len: 0,
+            clock: 0,
+            dirty: true,
+            path: None,
+        };
+        if let Some(p) = &path {
+            match std::fs::read(p) {
+                Ok(bytes) => {
+                    let doc: Document = serde_json::from_slice(&bytes).map_err(|e| {
+                        format!("{}: {e}; move it away to start afresh", p.display())
+                    })?;
+                    n.learning_until = humantime::parse_rfc3339_weak(&doc.learning_until)
+                        .unwrap_or(n.learning_until);
+                    for e in doc.destinations.into_iter().take(max) {
+                        n.known
+                            .entry(e.host)
+                            .or_default()
+                            .insert(e.process, e.known);
+                        n.len += 1;
+                    }
+                    n.dirty = false;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", p.display())),
+            }
+        }
+        n.path = path;
+        Ok(n)
+    }
+
+    /// Whether new things are still being learned silently.
+    #[must_use]
+    pub fn learning(&self, now: SystemTime) -> bool {
+        now < self.learning_until
+    }
+
+    /// Destinations known.
+    #[must_use]
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is known.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Records a call from `process` to `host` sending `types`; returns what was new.
+    pub fn observe(&mut self, process: &str, host: &str, types: &[&str], ts: &str) -> Vec<Novel> {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(k) = self.known.get_mut(host).and_then(|m| m.get_mut(process)) {
+            k.last_used = clock;
+            let mut novel = Vec::new();
+            for t in types {
+                if !k.data_types.contains(*t) {
+                    k.data_types.insert((*t).to_owned());
+                    novel.push(Novel::DataType((*t).to_owned()));
+                }
+            }
+            self.dirty |= !novel.is_empty();
+            return novel;
+        }
+        if self.len >= self.max {
+            self.evict();
+        }
+        let data_types: BTreeSet<String> = types.iter().map(|t| (*t).to_owned()).collect();
+        let novel = Novel::Destination {
+            data_types: data_types.iter().cloned().collect(),
+        };
+        self.known.entry(host.to_owned()).or_default().insert(
+            process.to_owned(),
+            Known {
+                data_types,
+                first_seen: ts.to_owned(),
+                last_used: clock,
+            },
+        );
+        self.len += 1;
+        self.dirty = true;
+        vec![novel]
+    }
+
+    fn evict(&mut self) {
+        let oldest = self
+            .known
+            .iter()
+            .flat_map(|(h, m)| {
+                m.iter()
+                    .map(move |(p, k)| (k.last_used, h.clone(), p.clone()))
+            })
+            .min();
+        if let Some((_, h, p)) = oldest
+            && let Some(m) = self.known.get_mut(&h)
+        {
+            m.remove(&p);
+            if m.is_empty() {
+                self.known.remove(&h);
+            }
+            self.len -= 1;
+        }
+    }
+
+    /// Writes what is known if it changed (atomically: temporary file, fsync, rename).
+    ///
+    /// # Errors
+    /// The state directory is not writable.
+    pub fn save(&mut self) -> std::io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if !self.dirty {
+            return Ok(());
+        }
+        let doc = Document {
+            version: 1,
+            learning_until: humantime::format_rfc3339_seconds(self.learning_until).to_string(),
+            destinations: self
+                .known
+                .iter()
+                .flat_map(|(h, m)| {
+                    m.iter().map(|(p, k)| Entry {
+                        process: p.clone(),
+                        host: h.clone(),
+                        known: k.clone(),
+                    })
+                })
+                .collect(),
+        };
+        write_atomic(path, &serde_json::to_vec_pretty(&doc).unwrap_or_default())?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_destinations_and_types_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!("apimon-novelty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("known.json");
+        let _ = std::fs::remove_file(&path);
+        let mut n = Novelty::load(Some(path.clone()), Duration::ZERO, 100).expect("load");
+        assert!(!n.learning(SystemTime::now()));
+        assert_eq!(
+            n.observe("curl", "a.com", &["email"], "t"),
+            vec![Novel::Destination {
+                data_types: vec!["email".into()]
+            }]
+        );
+        assert!(n.observe("curl", "a.com", &["email"], "t").is_empty());
+        assert_eq!(
+            n.observe("curl", "a.com", &["email", "phone"], "t"),
+            vec![Novel::DataType("phone".into())]
+        );
+        n.save().expect("save");
+        let mut again =
+            Novelty::load(Some(path.clone()), Duration::from_secs(3600), 100).expect("reload");
+        // The learning period is the first start's, not extended by the restart.
+        assert!(!again.learning(SystemTime::now()));
+        assert!(again.observe("curl", "a.com", &["phone"], "t").is_empty());
+        assert_eq!(again.observe("python3", "a.com", &[], "t").len(), 1);
+        std::fs::write(&path, b"{not json").expect("write");
+        assert!(Novelty::load(Some(path), Duration::ZERO, 100).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bounded() {
+        let mut n = Novelty::load(None, Duration::ZERO, 3).expect("load");
+        for i in 0..10 {
+            n.observe("p", &format!("h{i}"), &[], "t");
+        }
+        assert_eq!(n.len(), 3);
+    }
+}
