@@ -255,10 +255,23 @@ impl Agent {
         let stderr = events.with_extension("log");
         let _ = fs::remove_file(&events);
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let child = Command::new(agent_bin())
+        let mut command = Command::new(agent_bin());
+        command
             .args(["run", "--log-level", "info", "--events"])
             .arg(&events)
-            .args(["--metrics-addr", &metrics.to_string()])
+            .args(["--metrics-addr", &metrics.to_string()]);
+        if !extra.contains(&"--config") {
+            // State (known destinations, spool) of the test's own, not the host's /var/lib.
+            let config = events.with_extension("toml");
+            let state = events.with_extension("state");
+            fs::write(
+                &config,
+                format!("[alerts]\nstate_dir = \"{}\"\n", state.display()),
+            )
+            .expect("agent config");
+            command.arg("--config").arg(&config);
+        }
+        let child = command
             .args(extra)
             .envs(env.iter().copied())
             .stderr(fs::File::create(&stderr).expect("agent log"))
@@ -390,6 +403,8 @@ impl Drop for Agent {
         }
         let _ = fs::remove_file(&self.events);
         let _ = fs::remove_file(&self.stderr);
+        let _ = fs::remove_file(self.events.with_extension("toml"));
+        let _ = fs::remove_dir_all(self.events.with_extension("state"));
     }
 }
 
