@@ -15,11 +15,11 @@ use super::{
     novelty::{Novel, Novelty},
     router::{Offered, Router},
     rules::{Rules, Subject},
-    volume::{Anomaly, Sample, Scores, VolumeDetector},
+    volume::{Anomaly, Sample, Scores, Signal, VolumeDetector},
 };
 use crate::{
     analysis::{Analysis, CallDirection, detect::DataType, finding::FindingKind, inspect::Side},
-    config::{Config, alerts::AnomalyConfig},
+    config::Config,
     output::metrics::Metrics,
 };
 
@@ -32,13 +32,21 @@ pub struct Alerter {
     router: Router,
     volume: VolumeDetector,
     novelty: Novelty,
-    anomaly: AnomalyConfig,
     window_started: Instant,
     scores: Scores,
     evicted_reported: u64,
     queue: Sender<Alert>,
     metrics: Arc<Metrics>,
     last_save: Instant,
+}
+
+/// Something new is `high` when it carries sensitive data (cards, SSNs, IBANs...).
+const fn novelty_severity(sensitive: bool) -> Severity {
+    if sensitive {
+        Severity::High
+    } else {
+        Severity::Medium
+    }
 }
 
 const fn alert_kind(k: FindingKind) -> AlertKind {
@@ -63,7 +71,6 @@ impl Alerter {
             router: Router::new(Rules::new(&config.alerts), super::hostname(), 10_000),
             volume: VolumeDetector::new(&config.anomaly),
             novelty,
-            anomaly: config.anomaly.clone(),
             window_started: Instant::now(),
             scores: Scores::new(),
             evicted_reported: 0,
@@ -77,11 +84,18 @@ impl Alerter {
     pub fn reload(&mut self, config: &Config) {
         self.router.set_rules(Rules::new(&config.alerts));
         self.volume.set_config(&config.anomaly);
-        self.anomaly = config.anomaly.clone();
     }
 
-    fn count(&self, offered: Result<Offered, super::rules::Suppressed>) {
-        let reason = match offered {
+    /// Offers an occurrence to the router and counts what did not open a new alert.
+    fn offer(
+        &mut self,
+        subject: &Subject<'_>,
+        signal: Option<&str>,
+        ts: &str,
+        now: Instant,
+        build: impl FnOnce() -> Alert,
+    ) {
+        let reason = match self.router.offer(subject, signal, ts, now, build) {
             Ok(Offered::New) => return,
             Ok(Offered::Deduplicated) => "deduplicated",
             Err(s) => s.as_str(),
@@ -107,7 +121,7 @@ impl Alerter {
                 route: &f.route,
                 data_type: f.data_type,
             };
-            let offered = self.router.offer(&subject, None, &f.ts, now, || {
+            self.offer(&subject, None, &f.ts, now, || {
                 let mut alert = Alert::new(subject.kind, f.severity, process, &f.host, &f.ts);
                 alert.pid = f.pid;
                 alert.route.clone_from(&f.route);
@@ -119,7 +133,6 @@ impl Alerter {
                 alert.tls = Some(f.tls);
                 alert
             });
-            self.count(offered);
         }
         if !c.third_party || c.direction != CallDirection::Egress {
             return;
@@ -141,10 +154,9 @@ impl Alerter {
                 route: &c.route,
                 data_type: None,
             };
-            let offered = self.router.offer(&subject, None, &c.ts, now, || {
+            self.offer(&subject, None, &c.ts, now, || {
                 call_alert(AlertKind::DeniedDestination, Severity::High)
             });
-            self.count(offered);
         }
         let sent: Vec<DataType> = a
             .data_types
@@ -169,8 +181,7 @@ impl Alerter {
                 error: matches!(c.status, Some(401 | 403 | 429)),
             },
         );
-        let names: Vec<&str> = sent.iter().map(|t| t.name()).collect();
-        let novel = self.novelty.observe(process, &c.host, &names, &c.ts);
+        let novel = self.novelty.observe(process, &c.host, &sent, &c.ts);
         let learning = self.novelty.learning(SystemTime::now());
         for n in novel {
             let (kind, data_type, severity) = match &n {
@@ -184,12 +195,7 @@ impl Alerter {
                         continue;
                     }
                     let sensitive = sent.iter().any(|t| t.is_sensitive());
-                    let severity = if sensitive {
-                        Severity::High
-                    } else {
-                        Severity::Medium
-                    };
-                    (AlertKind::NewDestination, None, severity)
+                    (AlertKind::NewDestination, None, novelty_severity(sensitive))
                 }
                 Novel::DataType(t) => {
                     self.metrics
@@ -201,12 +207,11 @@ impl Alerter {
                         continue;
                     }
                     let sensitive = sent.iter().any(|d| d.name() == t && d.is_sensitive());
-                    let severity = if sensitive {
-                        Severity::High
-                    } else {
-                        Severity::Medium
-                    };
-                    (AlertKind::NewDataType, Some(t.as_str()), severity)
+                    (
+                        AlertKind::NewDataType,
+                        Some(t.as_str()),
+                        novelty_severity(sensitive),
+                    )
                 }
             };
             let subject = Subject {
@@ -217,7 +222,7 @@ impl Alerter {
                 route: "",
                 data_type,
             };
-            let offered = self.router.offer(&subject, None, &c.ts, now, || {
+            self.offer(&subject, None, &c.ts, now, || {
                 let mut alert = call_alert(kind, severity);
                 alert.data_type = data_type.map(str::to_owned);
                 if let Novel::Destination { data_types } = &n {
@@ -225,7 +230,6 @@ impl Alerter {
                 }
                 alert
             });
-            self.count(offered);
         }
     }
 
@@ -245,21 +249,20 @@ impl Alerter {
             route: &a.route,
             data_type: None,
         };
-        let offered = self.router.offer(&subject, Some(signal), &ts, now, || {
+        self.offer(&subject, Some(signal), &ts, now, || {
             let mut alert = Alert::new(a.kind, a.severity, &a.process, &a.host, &ts);
             alert.route.clone_from(&a.route);
             alert.signal = Some(signal.to_owned());
             alert.measurement = Some(a.measurement.clone());
             alert
         });
-        self.count(offered);
     }
 
     /// Periodic work: closes anomaly windows, sends grouped alerts, saves what is known.
     /// Returns the alerts raised, for the events output.
     pub fn tick(&mut self) -> Vec<Alert> {
         let now = Instant::now();
-        if now.duration_since(self.window_started) >= self.anomaly.interval {
+        if now.duration_since(self.window_started) >= self.volume.interval() {
             self.window_started = now;
             let anomalies = self.volume.close_window(&mut self.scores);
             for a in &anomalies {
@@ -279,10 +282,12 @@ impl Alerter {
     fn publish_scores(&mut self) {
         let m = &self.metrics.alerting;
         m.score.reset();
-        for ((host, signal), score) in &self.scores {
+        for (host, scores) in &self.scores {
             let host = self.metrics.host_label(host);
-            let g = m.score.with_label_values(&[&host, signal.as_str()]);
-            g.set(g.get().max(*score));
+            for (signal, score) in Signal::ALL.iter().zip(scores) {
+                let g = m.score.with_label_values(&[&host, signal.as_str()]);
+                g.set(g.get().max(*score));
+            }
         }
         m.series
             .set(i64::try_from(self.volume.len()).unwrap_or(i64::MAX));

@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::datamap::write_atomic;
+use crate::analysis::{datamap::write_atomic, detect::DataType};
 
 /// Something seen for the first time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,16 +117,22 @@ impl Novelty {
     }
 
     /// Records a call from `process` to `host` sending `types`; returns what was new.
-    pub fn observe(&mut self, process: &str, host: &str, types: &[&str], ts: &str) -> Vec<Novel> {
+    pub fn observe(
+        &mut self,
+        process: &str,
+        host: &str,
+        types: &[DataType],
+        ts: &str,
+    ) -> Vec<Novel> {
         self.clock += 1;
         let clock = self.clock;
         if let Some(k) = self.known.get_mut(host).and_then(|m| m.get_mut(process)) {
             k.last_used = clock;
             let mut novel = Vec::new();
-            for t in types {
-                if !k.data_types.contains(*t) {
-                    k.data_types.insert((*t).to_owned());
-                    novel.push(Novel::DataType((*t).to_owned()));
+            for t in types.iter().map(|t| t.name()) {
+                if !k.data_types.contains(t) {
+                    k.data_types.insert(t.to_owned());
+                    novel.push(Novel::DataType(t.to_owned()));
                 }
             }
             self.dirty |= !novel.is_empty();
@@ -135,7 +141,7 @@ impl Novelty {
         if self.len >= self.max {
             self.evict();
         }
-        let data_types: BTreeSet<String> = types.iter().map(|t| (*t).to_owned()).collect();
+        let data_types: BTreeSet<String> = types.iter().map(|t| t.name().to_owned()).collect();
         let novel = Novel::Destination {
             data_types: data_types.iter().cloned().collect(),
         };
@@ -156,12 +162,10 @@ impl Novelty {
         let oldest = self
             .known
             .iter()
-            .flat_map(|(h, m)| {
-                m.iter()
-                    .map(move |(p, k)| (k.last_used, h.clone(), p.clone()))
-            })
-            .min();
-        if let Some((_, h, p)) = oldest
+            .flat_map(|(h, m)| m.iter().map(move |(p, k)| (k.last_used, h, p)))
+            .min()
+            .map(|(_, h, p)| (h.clone(), p.clone()));
+        if let Some((h, p)) = oldest
             && let Some(m) = self.known.get_mut(&h)
         {
             m.remove(&p);
@@ -217,14 +221,17 @@ mod tests {
         let mut n = Novelty::load(Some(path.clone()), Duration::ZERO, 100).expect("load");
         assert!(!n.learning(SystemTime::now()));
         assert_eq!(
-            n.observe("curl", "a.com", &["email"], "t"),
+            n.observe("curl", "a.com", &[DataType::Email], "t"),
             vec![Novel::Destination {
                 data_types: vec!["email".into()]
             }]
         );
-        assert!(n.observe("curl", "a.com", &["email"], "t").is_empty());
+        assert!(
+            n.observe("curl", "a.com", &[DataType::Email], "t")
+                .is_empty()
+        );
         assert_eq!(
-            n.observe("curl", "a.com", &["email", "phone"], "t"),
+            n.observe("curl", "a.com", &[DataType::Email, DataType::Phone], "t"),
             vec![Novel::DataType("phone".into())]
         );
         n.save().expect("save");
@@ -232,7 +239,11 @@ mod tests {
             Novelty::load(Some(path.clone()), Duration::from_secs(3600), 100).expect("reload");
         // The learning period is the first start's, not extended by the restart.
         assert!(!again.learning(SystemTime::now()));
-        assert!(again.observe("curl", "a.com", &["phone"], "t").is_empty());
+        assert!(
+            again
+                .observe("curl", "a.com", &[DataType::Phone], "t")
+                .is_empty()
+        );
         assert_eq!(again.observe("python3", "a.com", &[], "t").len(), 1);
         std::fs::write(&path, b"{not json").expect("write");
         assert!(Novelty::load(Some(path), Duration::ZERO, 100).is_err());

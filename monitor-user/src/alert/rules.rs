@@ -40,14 +40,6 @@ pub struct Subject<'a> {
     pub data_type: Option<&'a str>,
 }
 
-fn host_matches(host: &str, pattern: &str) -> bool {
-    let pattern = pattern.to_ascii_lowercase();
-    match pattern.strip_prefix("*.") {
-        Some(rest) => host.ends_with(&format!(".{rest}")),
-        None => suffix_matches(host, &pattern),
-    }
-}
-
 /// The compiled rules.
 #[derive(Clone, Debug)]
 pub struct Rules {
@@ -57,9 +49,23 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Rules of a validated configuration.
+    /// Rules of a validated configuration. Host patterns are lower-cased here, once, so that
+    /// matching on every call allocates nothing (hosts are lower-case already).
     #[must_use]
     pub fn new(config: &AlertsConfig) -> Self {
+        let mut config = config.clone();
+        let lower = |v: &mut Vec<String>| v.iter_mut().for_each(|p| p.make_ascii_lowercase());
+        lower(&mut config.allowed_destinations);
+        lower(&mut config.denied_destinations);
+        config
+            .overrides
+            .iter_mut()
+            .for_each(|o| lower(&mut o.hosts));
+        for s in &mut config.silences {
+            if let Some(h) = s.host.as_mut() {
+                h.make_ascii_lowercase();
+            }
+        }
         let silence_ends = config
             .silences
             .iter()
@@ -70,7 +76,7 @@ impl Rules {
             })
             .collect();
         Self {
-            config: config.clone(),
+            config,
             silence_ends,
         }
     }
@@ -81,7 +87,7 @@ impl Rules {
         let ov = c
             .overrides
             .iter()
-            .find(|o| o.hosts.iter().any(|p| host_matches(s.host, p)));
+            .find(|o| o.hosts.iter().any(|p| suffix_matches(s.host, p)));
         let threshold = ov
             .and_then(|o| o.kinds.get(&s.kind).copied())
             .unwrap_or_else(|| c.threshold(s.kind));
@@ -112,7 +118,7 @@ impl Rules {
         self.config
             .allowed_destinations
             .iter()
-            .any(|p| host_matches(host, p))
+            .any(|p| suffix_matches(host, p))
     }
 
     /// Whether calls to `host` are forbidden.
@@ -121,7 +127,7 @@ impl Rules {
         self.config
             .denied_destinations
             .iter()
-            .any(|p| host_matches(host, p))
+            .any(|p| suffix_matches(host, p))
     }
 
     /// The configuration these rules came from.
@@ -136,7 +142,7 @@ fn silence_matches(silence: &Silence, s: &Subject<'_>) -> bool {
         && silence
             .host
             .as_deref()
-            .is_none_or(|h| host_matches(s.host, h))
+            .is_none_or(|h| suffix_matches(s.host, h))
         && silence.process.as_deref().is_none_or(|p| p == s.process)
         && silence.route.as_deref().is_none_or(|r| r == s.route)
         && silence

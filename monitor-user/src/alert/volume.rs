@@ -107,8 +107,9 @@ pub struct Anomaly {
     pub measurement: Measurement,
 }
 
-/// Highest score per (host, signal) in the last window, for the score gauge.
-pub type Scores = HashMap<(String, Signal), f64>;
+/// Highest score per host and signal (in [`Signal::ALL`] order) in the last window, for the
+/// score gauge.
+pub type Scores = HashMap<String, [f64; 5]>;
 
 /// All series and their baselines.
 #[derive(Debug)]
@@ -190,6 +191,12 @@ impl VolumeDetector {
         self.evicted += (before - self.series.len()) as u64;
     }
 
+    /// Length of a window.
+    #[must_use]
+    pub const fn interval(&self) -> std::time::Duration {
+        self.config.interval
+    }
+
     /// Series tracked.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -223,12 +230,12 @@ impl VolumeDetector {
                 found.push(storm);
             }
             let mut best: Option<(Signal, f64, Measurement)> = None;
+            let mut series_scores = [0.0; 5];
             for (i, signal) in Signal::ALL.iter().copied().enumerate() {
                 let x = s.current[i] as f64;
                 let b = s.baselines[i];
                 let score = if warm { b.score(x) } else { 0.0 };
-                let entry = scores.entry((s.host.clone(), signal)).or_insert(0.0);
-                *entry = entry.max(score);
+                series_scores[i] = score;
                 let spiking = warm
                     && signal != Signal::Errors
                     && s.current[i] >= min_of(cfg, signal)
@@ -253,6 +260,16 @@ impl VolumeDetector {
                     x
                 };
                 s.baselines[i].update(clipped, alpha);
+            }
+            // The host is cloned once per window, not per series and signal.
+            match scores.get_mut(&s.host) {
+                Some(h) => h
+                    .iter_mut()
+                    .zip(series_scores)
+                    .for_each(|(m, x)| *m = m.max(x)),
+                None => {
+                    scores.insert(s.host.clone(), series_scores);
+                }
             }
             if let Some((signal, _, measurement)) = best {
                 let severity = match signal {

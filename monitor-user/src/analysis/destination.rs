@@ -41,10 +41,18 @@ pub const DEFAULT_INTERNAL_DOMAINS: &[&str] = &[
     ".home.arpa",
 ];
 
+/// Whether `host` is `pattern` or one of its subdomains (`example.com` and `.example.com` both
+/// mean that); `*.example.com` means subdomains only. Both are lower-case. Runs for every
+/// pattern on every call: no allocation.
 pub(crate) fn suffix_matches(host: &str, pattern: &str) -> bool {
-    match pattern.strip_prefix('.') {
-        Some(suffix) => host.ends_with(pattern) || host == suffix,
-        None => host == pattern || host.ends_with(&format!(".{pattern}")),
+    let (domain, subdomains_only) = match pattern.strip_prefix("*.") {
+        Some(d) => (d, true),
+        None => (pattern.strip_prefix('.').unwrap_or(pattern), false),
+    };
+    match host.strip_suffix(domain) {
+        Some("") => !subdomains_only,
+        Some(rest) => rest.ends_with('.'),
+        None => false,
     }
 }
 
