@@ -227,12 +227,8 @@ impl Pipeline {
     /// Applies a reloaded configuration: destinations, alert rules, anomaly sensitivity.
     /// Connections, baselines and open alert groups are kept.
     pub fn reload(&mut self, config: &Config) {
-        let d = &config.destinations;
-        self.analyzer.set_destinations(Destinations::new(
-            &d.internal_networks,
-            &d.internal_domains,
-            &d.third_party_domains,
-        ));
+        self.analyzer
+            .set_destinations(Destinations::from_config(&config.destinations));
         if let Some(a) = self.alerter.as_mut() {
             a.reload(config);
         }

@@ -33,13 +33,8 @@ pub fn analyzer(config: &Config) -> anyhow::Result<Analyzer> {
     let detector = Detector::new(&config.privacy.regions(path)?);
     let hasher = Hasher::new(config.privacy.hash_key(path)?);
     let inspector = Inspector::new(detector, hasher, config.analysis.max_decoded_bytes);
-    let destinations = Destinations::new(
-        &config.destinations.internal_networks,
-        &config.destinations.internal_domains,
-        &config.destinations.third_party_domains,
-    );
     Ok(Analyzer::new(
-        destinations,
+        Destinations::from_config(&config.destinations),
         inspector,
         Routes::new(config.analysis.route_segment_cardinality),
     ))
@@ -117,30 +112,21 @@ fn reload(
         }
     };
     overrides.apply(&mut new);
-    let restart = current.needs_restart(&new);
+    let (applied, restart) = current.reloaded(new);
     if !restart.is_empty() {
         warn!(
             "configuration reloaded; changes to {} take effect at the next restart",
             restart.join(", ")
         );
     }
-    if new.alerts.sinks != current.alerts.sinks {
-        let _ = sinks.send(new.alerts.sinks.clone());
+    if applied.alerts.sinks != current.alerts.sinks {
+        let _ = sinks.send(applied.alerts.sinks.clone());
     }
-    let _ = pipeline.send(Arc::new(new.clone()));
+    let _ = pipeline.send(Arc::new(applied.clone()));
     m.reloads.with_label_values(&["ok"]).inc();
     m.reload_ok.set(1);
-    info!("configuration reloaded from {}", new.source.display());
-    // Restart-only sections keep their running values, so the next diff stays honest.
-    let keep = std::mem::replace(current, new);
-    current.capture = keep.capture;
-    current.output = keep.output;
-    current.privacy = keep.privacy;
-    current.analysis = keep.analysis;
-    current.metrics = keep.metrics;
-    current.alerts.state_dir = keep.alerts.state_dir;
-    current.alerts.spool_max_alerts = keep.alerts.spool_max_alerts;
-    current.anomaly.max_destinations = keep.anomaly.max_destinations;
+    info!("configuration reloaded from {}", applied.source.display());
+    *current = applied;
 }
 
 /// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration.

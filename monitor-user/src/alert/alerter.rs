@@ -302,8 +302,14 @@ impl Alerter {
         }
     }
 
+    /// Counts the alerts raised and queues them for delivery.
     fn send(&self, alerts: &[Alert]) {
         for alert in alerts {
+            self.metrics
+                .alerting
+                .raised
+                .with_label_values(&[alert.kind.as_str(), alert.severity.as_str()])
+                .inc();
             match self.queue.try_send(alert.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {

@@ -386,9 +386,6 @@ async fn stop_all(running: HashMap<String, Running>) {
 
 fn spool_one(alert: &Alert, running: &HashMap<String, Running>, spool: &Spool, metrics: &Metrics) {
     let m = &metrics.alerting;
-    m.raised
-        .with_label_values(&[alert.kind.as_str(), alert.severity.as_str()])
-        .inc();
     let targets: Vec<&str> = running
         .iter()
         .filter(|(_, r)| alert.severity >= r.min_severity)
@@ -431,12 +428,10 @@ pub async fn dispatch(
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(spool) = spool else {
-        // No spool (no sinks could be set up): alerts are still counted.
+        // No spool, so no sinks: alerts end here (counted and written to events upstream).
         loop {
             tokio::select! {
-                Some(a) = alerts.recv() => {
-                    metrics.alerting.raised.with_label_values(&[a.kind.as_str(), a.severity.as_str()]).inc();
-                }
+                Some(_) = alerts.recv() => {}
                 _ = stop.changed() => return,
             }
         }

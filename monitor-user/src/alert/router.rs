@@ -179,9 +179,8 @@ impl Router {
         }
     }
 
-    /// Open groups (for tests and metrics).
-    #[must_use]
-    pub fn groups(&self) -> usize {
+    #[cfg(test)]
+    fn groups(&self) -> usize {
         self.groups.len()
     }
 }

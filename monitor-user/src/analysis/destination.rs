@@ -77,6 +77,16 @@ impl Destinations {
         }
     }
 
+    /// What `[destinations]` describes.
+    #[must_use]
+    pub fn from_config(c: &crate::config::DestinationsConfig) -> Self {
+        Self::new(
+            &c.internal_networks,
+            &c.internal_domains,
+            &c.third_party_domains,
+        )
+    }
+
     /// Whether a call to `host` (at `remote`) leaves the organisation.
     #[must_use]
     pub fn is_third_party(&self, host: &str, remote: Option<SocketAddr>) -> bool {

@@ -458,12 +458,13 @@ impl Inspector {
                 return;
             }
             // The field's path is rendered only for what is found.
+            let render = || format!("{prefix}{}", path.render());
             let mut field: Option<String> = None;
             while next < candidates.len() && candidates[next].end <= scalar.span.end {
                 let cand = candidates[next];
                 if let Some(t) = self.detector.classify(&cand, doc, &hints) {
                     let text = String::from_utf8_lossy(&doc[cand.start..cand.end]);
-                    let f = field.get_or_insert_with(|| format!("{prefix}{}", path.render()));
+                    let f = field.get_or_insert_with(render);
                     c.add(side, Part::Body, f, t, &text, &self.hasher);
                 }
                 next += 1;
@@ -471,11 +472,11 @@ impl Inspector {
             if has_context(&hints) {
                 let text = json::scalar_text(doc, scalar);
                 if let Some(t) = self.detector.context_value(&text, &hints) {
-                    let f = field.get_or_insert_with(|| format!("{prefix}{}", path.render()));
+                    let f = field.get_or_insert_with(render);
                     c.add(side, Part::Body, f, t, &text, &self.hasher);
                 }
             } else if plain_name {
-                let f = field.unwrap_or_else(|| format!("{prefix}{}", path.render()));
+                let f = field.unwrap_or_else(render);
                 plain_names.push((path.object(), f, scalar.clone()));
             }
         });

@@ -265,33 +265,29 @@ impl Overrides {
 }
 
 impl Config {
-    /// Sections a reload cannot change: the running agent keeps the old values until restart.
+    /// What a reload applies: `new`, with the sections a reload cannot change put back to
+    /// their running values; and the names of those that differ (they wait for a restart).
     #[must_use]
-    pub fn needs_restart(&self, new: &Self) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        let mut check = |name, same: bool| {
-            if !same {
-                changed.push(name);
-            }
-        };
-        check("capture", self.capture == new.capture);
-        check("output", self.output == new.output);
-        check("privacy", self.privacy == new.privacy);
-        check("analysis", self.analysis == new.analysis);
-        check("metrics", self.metrics == new.metrics);
-        check(
-            "alerts.state_dir",
-            self.alerts.state_dir == new.alerts.state_dir,
-        );
-        check(
-            "alerts.spool_max_alerts",
-            self.alerts.spool_max_alerts == new.alerts.spool_max_alerts,
-        );
-        check(
-            "anomaly.max_destinations",
-            self.anomaly.max_destinations == new.anomaly.max_destinations,
-        );
-        changed
+    pub fn reloaded(&self, new: Self) -> (Self, Vec<&'static str>) {
+        let mut applied = new;
+        let mut pending = Vec::new();
+        macro_rules! keep {
+            ($name:literal, $($field:ident).+) => {
+                if applied.$($field).+ != self.$($field).+ {
+                    pending.push($name);
+                    applied.$($field).+ = self.$($field).+.clone();
+                }
+            };
+        }
+        keep!("capture", capture);
+        keep!("output", output);
+        keep!("privacy", privacy);
+        keep!("analysis", analysis);
+        keep!("metrics", metrics);
+        keep!("alerts.state_dir", alerts.state_dir);
+        keep!("alerts.spool_max_alerts", alerts.spool_max_alerts);
+        keep!("anomaly.max_destinations", anomaly.max_destinations);
+        (applied, pending)
     }
 
     /// Reads and validates a configuration file.
@@ -528,6 +524,20 @@ mod tests {
             },
             Config::default()
         );
+    }
+
+    #[test]
+    fn reload_keeps_restart_only_sections() {
+        let running = Config::default();
+        let mut new = Config::default();
+        new.capture.body_limit = 1;
+        new.alerts.state_dir = PathBuf::from("/elsewhere");
+        new.alerts.group_wait = Duration::from_secs(1);
+        let (applied, pending) = running.reloaded(new);
+        assert_eq!(pending, ["capture", "alerts.state_dir"]);
+        assert_eq!(applied.capture, running.capture);
+        assert_eq!(applied.alerts.state_dir, running.alerts.state_dir);
+        assert_eq!(applied.alerts.group_wait, Duration::from_secs(1));
     }
 
     /// The shipped, documented file says what the defaults are.

@@ -40,6 +40,15 @@ pub enum ParseError {
 }
 
 impl ParseError {
+    /// Every reason, for metrics that start at zero.
+    pub const ALL: [Self; 5] = [
+        Self::HeadTooLarge,
+        Self::BadHead,
+        Self::BadChunk,
+        Self::BadLength,
+        Self::Gap,
+    ];
+
     /// Short label for metrics.
     #[must_use]
     pub const fn label(self) -> &'static str {

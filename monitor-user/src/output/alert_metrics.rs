@@ -6,7 +6,7 @@ use prometheus::{
     Registry,
 };
 
-use super::metrics::{counter, counter_vec, gauge};
+use super::metrics::{counter, counter_vec, gauge, register};
 
 /// Every `reason` of `apimon_alerts_dropped_total`.
 pub const DROP_REASONS: &[&str] = &["queue_full", "spool_full", "spool_error", "unreadable"];
@@ -51,40 +51,37 @@ impl AlertMetrics {
     /// Only if a name is registered twice, a programming error every test run catches.
     #[must_use]
     pub fn new(registry: &Registry) -> Self {
-        let delivery_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "apimon_alert_delivery_duration_seconds",
-                "Time one delivery attempt took, per sink.",
-            )
-            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-            &["sink"],
-        )
-        .unwrap_or_else(|e| panic!("delivery histogram: {e}"));
-        registry
-            .register(Box::new(delivery_duration.clone()))
-            .unwrap_or_else(|e| panic!("delivery histogram: {e}"));
-        let score = GaugeVec::new(
-            Opts::new(
-                "apimon_anomaly_score",
-                "Highest anomaly score (deviations above baseline) per third-party host and signal in the last window.",
+        let delivery_duration = register(
+            registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "apimon_alert_delivery_duration_seconds",
+                    "Time one delivery attempt took, per sink.",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["sink"],
             ),
-            &["host", "signal"],
-        )
-        .unwrap_or_else(|e| panic!("score gauge: {e}"));
-        registry
-            .register(Box::new(score.clone()))
-            .unwrap_or_else(|e| panic!("score gauge: {e}"));
-        let queue_depth = IntGaugeVec::new(
-            Opts::new(
-                "apimon_alert_queue_depth",
-                "Alerts in the on-disk spool waiting for a sink.",
+        );
+        let score = register(
+            registry,
+            GaugeVec::new(
+                Opts::new(
+                    "apimon_anomaly_score",
+                    "Highest anomaly score (deviations above baseline) per third-party host and signal in the last window.",
+                ),
+                &["host", "signal"],
             ),
-            &["sink"],
-        )
-        .unwrap_or_else(|e| panic!("queue gauge: {e}"));
-        registry
-            .register(Box::new(queue_depth.clone()))
-            .unwrap_or_else(|e| panic!("queue gauge: {e}"));
+        );
+        let queue_depth = register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "apimon_alert_queue_depth",
+                    "Alerts in the on-disk spool waiting for a sink.",
+                ),
+                &["sink"],
+            ),
+        );
         let m = Self {
             raised: counter_vec(
                 registry,

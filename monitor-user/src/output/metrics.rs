@@ -5,7 +5,7 @@ use std::{collections::HashSet, sync::Mutex};
 
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Opts, Registry, TextEncoder, core::Collector,
 };
 
 use super::alert_metrics::AlertMetrics;
@@ -108,34 +108,39 @@ pub struct Metrics {
     processes: Mutex<LabelLimiter>,
 }
 
+/// Registers a metric just made. A bad or duplicate name panics: a programming error that
+/// every test run catches.
+pub(crate) fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    made: prometheus::Result<M>,
+) -> M {
+    let m = made.unwrap_or_else(|e| panic!("metric: {e}"));
+    registry.register(Box::new(m.clone())).unwrap_or_else(|e| {
+        let name = m
+            .desc()
+            .first()
+            .map(|d| d.fq_name.clone())
+            .unwrap_or_default();
+        panic!("metric {name}: {e}")
+    });
+    m
+}
+
 pub(crate) fn counter_vec(
     registry: &Registry,
     name: &str,
     help: &str,
     labels: &[&str],
 ) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    c
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 pub(crate) fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    c
+    register(registry, IntCounter::new(name, help))
 }
 
 pub(crate) fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(g.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    g
+    register(registry, IntGauge::new(name, help))
 }
 
 /// Every `reason` of `apimon_events_lost_total`.
@@ -173,20 +178,19 @@ impl Metrics {
                 "third_party",
             ],
         );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "apimon_http_request_duration_seconds",
-                "Time from a request's first byte to its response's last byte.",
-            )
-            .buckets(vec![
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            CALL_LABELS,
-        )
-        .unwrap_or_else(|e| panic!("duration histogram: {e}"));
-        registry
-            .register(Box::new(duration.clone()))
-            .unwrap_or_else(|e| panic!("duration histogram: {e}"));
+        let duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "apimon_http_request_duration_seconds",
+                    "Time from a request's first byte to its response's last byte.",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                CALL_LABELS,
+            ),
+        );
         let metrics = Self {
             request_bytes: counter_vec(
                 &registry,
@@ -282,28 +286,27 @@ impl Metrics {
             requests,
             duration,
         };
-        let build = IntGaugeVec::new(
-            Opts::new(
-                "apimon_build_info",
-                "Always 1; the agent's version as a label.",
+        register(
+            &metrics.registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "apimon_build_info",
+                    "Always 1; the agent's version as a label.",
+                ),
+                &["version"],
             ),
-            &["version"],
         )
-        .unwrap_or_else(|e| panic!("build info: {e}"));
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let _ = metrics.registry.register(Box::new(build));
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         // Zero series for every loss reason, so that dashboards and alerts see them from the start.
         for reason in LOST_REASONS {
             metrics.lost.with_label_values(&[reason]).inc_by(0);
         }
-        for reason in [
-            "head_too_large",
-            "bad_head",
-            "bad_chunk",
-            "bad_length",
-            "gap",
-        ] {
-            metrics.parse_errors.with_label_values(&[reason]).inc_by(0);
+        for e in crate::http::ParseError::ALL {
+            metrics
+                .parse_errors
+                .with_label_values(&[e.label()])
+                .inc_by(0);
         }
         #[cfg(target_os = "linux")]
         {

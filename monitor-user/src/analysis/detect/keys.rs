@@ -242,12 +242,6 @@ pub fn is_plain_name(key: &[u8]) -> bool {
     key.eq_ignore_ascii_case(b"name")
 }
 
-/// Context for a value under `key`, inside an object under `parent` (both raw).
-#[must_use]
-pub fn hints(key: &[u8], parent: Option<&[u8]>) -> Hints {
-    compute(key, parent)
-}
-
 /// Memoised [`hints`], direct-mapped: API traffic repeats the same keys in every message,
 /// and this is looked up for every value of every JSON document.
 #[derive(Clone, Debug)]
@@ -281,7 +275,7 @@ impl HintCache {
             return ways[0].1;
         }
         if ways[1].0 != id {
-            ways[1] = (id, compute(key, Some(parent)));
+            ways[1] = (id, hints(key, Some(parent)));
         }
         // Most recently used first.
         ways.swap(0, 1);
@@ -328,11 +322,14 @@ fn tail_word_is_exact() {
     }
 }
 
+/// Context for a value under `key`, inside an object under `parent` (both raw). Hot callers
+/// go through [`HintCache`].
+#[must_use]
 #[expect(
     clippy::field_reassign_with_default,
     reason = "each flag reads the ones set before it"
 )]
-fn compute(key: &[u8], parent: Option<&[u8]>) -> Hints {
+pub fn hints(key: &[u8], parent: Option<&[u8]>) -> Hints {
     let mut kb = [0u8; 48];
     let n = normalize(key, &mut kb);
     let k = &kb[..n];

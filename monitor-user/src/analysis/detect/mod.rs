@@ -460,26 +460,27 @@ impl NumberShape {
     }
 }
 
+/// Whether one of `words` (lower-case) is in the last `WINDOW` bytes before a number, in any
+/// case. No allocation: this runs for number candidates in free text.
+fn mentions<const WINDOW: usize>(prefix: &[u8], words: &[&[u8]]) -> bool {
+    let tail = &prefix[prefix.len().saturating_sub(WINDOW)..];
+    let mut buf = [0u8; WINDOW];
+    let lower = &mut buf[..tail.len()];
+    lower.copy_from_slice(tail);
+    lower.make_ascii_lowercase();
+    words
+        .iter()
+        .any(|w| memchr::memmem::find(lower, w).is_some())
+}
+
 /// Whether the words just before a number name it a card (`card: 6304…`, `PAN 5018…`).
 fn mentions_card(prefix: &[u8]) -> bool {
-    let tail = &prefix[prefix.len().saturating_sub(24)..];
-    let lower = String::from_utf8_lossy(tail).to_ascii_lowercase();
-    lower.contains("card")
-        || lower.contains("pan")
-        || lower.contains("cc ")
-        || lower.contains("cc:")
+    mentions::<24>(prefix, &[b"card", b"pan", b"cc ", b"cc:"])
 }
 
 /// Whether the words just before a number name it a phone number (`phone: 4155552671`).
 fn mentions_phone(prefix: &[u8]) -> bool {
-    let tail = &prefix[prefix.len().saturating_sub(16)..];
-    let mut buf = [0u8; 16];
-    let lower = &mut buf[..tail.len()];
-    lower.copy_from_slice(tail);
-    lower.make_ascii_lowercase();
-    [&b"phone"[..], b"mobile", b"tel:", b"tel ", b"cell"]
-        .iter()
-        .any(|w| memchr::memmem::find(lower, w).is_some())
+    mentions::<16>(prefix, &[b"phone", b"mobile", b"tel:", b"tel ", b"cell"])
 }
 
 /// Whether the words just before a number name it a version (`version 1.2.3.4`, `ver: 2.0.1.7`).
