@@ -51,19 +51,56 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn run(cmd: &mut Command) {
+/// Runs `cmd` to completion and returns its stdout; fails the test with its stderr if it
+/// fails.
+pub fn output(cmd: &mut Command) -> Vec<u8> {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?} failed: {}",
+        "{cmd:?} failed ({}): {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
 }
 
 fn ip(args: &[&str]) {
-    run(Command::new("ip").args(args));
+    output(Command::new("ip").args(args));
+}
+
+/// A fresh, empty directory of this test process's own under the temporary directory.
+#[must_use]
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("apimon-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Personal data the tests send, exactly as written on the wire.
+pub mod pii {
+    pub const EMAIL: &str = "lucy.smith@example.com";
+    pub const CARD: &str = "4111 1111 1111 1111";
+    pub const SSN: &str = "536-22-5041";
+    pub const PHONE: &str = "+1 415 555 2671";
+
+    /// A JSON order for a customer carrying all four, plus `extra` in the customer object.
+    #[must_use]
+    pub fn customer(extra: Option<(&str, &str)>) -> String {
+        let mut c =
+            serde_json::json!({"email": EMAIL, "card_number": CARD, "ssn": SSN, "phone": PHONE});
+        if let Some((k, v)) = extra {
+            c[k] = serde_json::Value::String(v.to_owned());
+        }
+        serde_json::json!({
+            "customer": c,
+            "order_id": "9f1c2a7e-5b0d-4c1e-9a57-2f6b1e0c8d43",
+            "created_at": "2026-11-23T10:00:00Z",
+        })
+        .to_string()
+    }
 }
 
 /// A network namespace holding the third-party API, linked to the host by a veth pair.
@@ -125,7 +162,7 @@ impl ThirdParty {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         fs::create_dir_all(&dir).expect("temp dir");
-        run(Command::new("openssl").args([
+        output(Command::new("openssl").args([
             "req",
             "-x509",
             "-newkey",

@@ -6,14 +6,14 @@
 use std::{fs, path::Path, process::Command};
 
 use serde_json::Value;
-use tests::{API_ADDR, API_HOST, Agent, ThirdParty, can_run, run_client};
+use tests::{
+    API_ADDR, API_HOST, Agent, ThirdParty, can_run, output,
+    pii::{CARD, EMAIL, PHONE, SSN, customer},
+    run_client, scratch,
+};
 
-/// The personal data and secrets the clients send, exactly as they appear on the wire, and
-/// the forms a leak could take (digits without separators, the JWT's parts).
-const EMAIL: &str = "lucy.smith@example.com";
-const CARD: &str = "4111 1111 1111 1111";
-const SSN: &str = "536-22-5041";
-const PHONE: &str = "+1 415 555 2671";
+/// The secrets the clients send besides the personal data, and the forms a leak could take
+/// (digits without separators, the JWT's parts).
 const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
 const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
 const RAW: &[&str] = &[
@@ -40,15 +40,6 @@ fn curl(api: &ThirdParty, tls: bool, extra: &[&str]) -> Command {
         .args(extra)
         .arg(format!("{scheme}://{API_HOST}:{port}/v1/customers"));
     c
-}
-
-fn customer() -> String {
-    serde_json::json!({
-        "customer": {"email": EMAIL, "card_number": CARD, "ssn": SSN, "phone": PHONE},
-        "order_id": "9f1c2a7e-5b0d-4c1e-9a57-2f6b1e0c8d43",
-        "created_at": "2026-11-23T10:00:00Z",
-    })
-    .to_string()
 }
 
 /// (kind, data type, field) of each finding of process `pid`.
@@ -84,8 +75,7 @@ fn personal_data_in_plaintext_and_tls_is_found_and_never_leaked() {
     if !can_run("personal_data_in_plaintext_and_tls_is_found_and_never_leaked") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("apimon-privacy-{}", std::process::id()));
-    fs::create_dir_all(&dir).expect("temp dir");
+    let dir = scratch("privacy");
     let (map, report) = (dir.join("map.json"), dir.join("report.md"));
     let config = dir.join("apimon.toml");
     fs::write(&config, "[privacy]\nhash_key = \"privacy-test-key\"\n").expect("config");
@@ -99,7 +89,7 @@ fn personal_data_in_plaintext_and_tls_is_found_and_never_leaked() {
         "--report",
         path(&report),
     ]);
-    let body = customer();
+    let body = customer(None);
     // Plaintext, no credential: personal data in the body, a secret in the query string.
     let plain = run_client(&mut curl(
         &api,
@@ -127,12 +117,8 @@ fn personal_data_in_plaintext_and_tls_is_found_and_never_leaked() {
         ],
     ));
     // Findings are counted once the exchanges are analysed, a moment after the clients exit.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let mut metrics = agent.scrape();
-    while !metrics.contains("apimon_findings_total{") && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        metrics = agent.scrape();
-    }
+    agent.wait_metric(|l| l.starts_with("apimon_findings_total{"), 15);
+    let metrics = agent.scrape();
     let log = agent.log();
     let events = agent.stop();
 
@@ -210,17 +196,8 @@ fn personal_data_in_plaintext_and_tls_is_found_and_never_leaked() {
     // The same traffic as a HAR file: `apimon analyze` finds the same.
     let har = dir.join("same.har");
     fs::write(&har, har_of(&body).to_string()).expect("HAR");
-    let offline = Command::new(tests::agent_bin())
-        .arg("analyze")
-        .arg(&har)
-        .output()
-        .expect("apimon analyze");
-    assert!(
-        offline.status.success(),
-        "{}",
-        String::from_utf8_lossy(&offline.stderr)
-    );
-    let offline: Vec<Value> = String::from_utf8_lossy(&offline.stdout)
+    let offline = output(Command::new(tests::agent_bin()).arg("analyze").arg(&har));
+    let offline: Vec<Value> = String::from_utf8_lossy(&offline)
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();

@@ -3,21 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use tests::{agent_bin, fixture};
-
-/// Runs `command`, returning stdout; fails the test with its stderr on a non-zero exit.
-fn output(command: &mut Command) -> Vec<u8> {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?} exited with {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+use tests::{agent_bin, fixture, output};
 
 /// Writes a corpus of `entries` HAR entries (and its labels) with `seed` into `dir`.
 fn corpus(dir: &Path, name: &str, seed: u32, entries: u32, clean: bool) {
