@@ -231,7 +231,8 @@ impl Threshold {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Override {
-    /// Host patterns: `api.example.com`, or `.example.com` / `example.com` for subdomains too.
+    /// Host patterns: `example.com` or `.example.com` (the host and its subdomains),
+    /// `*.example.com` (subdomains only).
     pub hosts: Vec<String>,
     /// Thresholds replacing the global ones for these kinds.
     pub kinds: BTreeMap<AlertKind, Threshold>,
