@@ -122,7 +122,7 @@ impl Outputs {
         self.data_map.record(a);
         if let Some(events) = self.events.as_mut() {
             let written = events
-                .write(&a.call)
+                .write_call(&a.call)
                 .and_then(|()| a.findings.iter().try_for_each(|f| events.write(f)));
             if let Err(e) = written {
                 warn!("writing events failed: {e}");
@@ -291,7 +291,7 @@ impl Pipeline {
             Record::Exit { .. } => "exit",
             Record::ExecMapped { .. } => "exec_mmap",
         };
-        self.metrics.events.with_label_values(&[kind]).inc();
+        self.metrics.count_event(kind);
         if tracing::enabled!(tracing::Level::TRACE) {
             trace_record(&record);
         }
@@ -384,8 +384,20 @@ impl Pipeline {
                         tls_lib: info.tls_lib,
                         tls: info.tls_lib.is_some(),
                         remote: info.remote,
-                        ts: humantime::format_rfc3339_millis(self.clock.wall(x.request.first_ts))
-                            .to_string(),
+                        ts: {
+                            // `2026-11-23T02:43:49.990Z`: one allocation, of the right size.
+                            let mut ts = String::with_capacity(24);
+                            let _ = std::fmt::Write::write_fmt(
+                                &mut ts,
+                                format_args!(
+                                    "{}",
+                                    humantime::format_rfc3339_millis(
+                                        self.clock.wall(x.request.first_ts)
+                                    )
+                                ),
+                            );
+                            ts
+                        },
                         entry: None,
                     };
                     let analysis = self.analyzer.analyze(&ctx, &x);
@@ -393,6 +405,9 @@ impl Pipeline {
                     if let Some(a) = self.alerter.as_mut() {
                         a.call(&analysis);
                     }
+                    // Nothing refers to them any more: the next call reuses their buffers.
+                    self.analyzer.recycle(analysis);
+                    crate::http::recycle(x);
                 }
                 ConnEvent::ParseError(e) => self
                     .metrics

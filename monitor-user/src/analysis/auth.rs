@@ -39,7 +39,12 @@ impl Auth {
 /// Whether a header carries an API key or access token by its name.
 #[must_use]
 pub fn is_key_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
+    let mut buf = [0u8; 64];
+    is_key_header_lower(&super::ascii_lowercase(name, &mut buf))
+}
+
+/// [`is_key_header`] of a name already in lower case.
+pub(crate) fn is_key_header_lower(n: &str) -> bool {
     if n.contains("csrf") || n.contains("xsrf") {
         return false;
     }
@@ -57,7 +62,7 @@ pub fn is_key_header(name: &str) -> bool {
         "x-token",
         "authentication",
     ];
-    EXACT.contains(&n.as_str())
+    EXACT.contains(&n)
         || n.contains("api-key")
         || n.contains("api_key")
         || n.contains("apikey")
@@ -86,14 +91,21 @@ pub fn is_key_param(name: &str) -> Option<Auth> {
 pub fn auth_of(head: &Head, query: Option<&str>) -> Auth {
     if let Some(value) = head.header("authorization") {
         let scheme = value.split_whitespace().next().unwrap_or_default();
-        return match scheme.to_ascii_lowercase().as_str() {
-            "bearer" | "token" => Auth::Bearer,
-            "basic" => Auth::Basic,
-            "digest" => Auth::Digest,
-            "aws4-hmac-sha256" => Auth::AwsSigV4,
-            "" => Auth::None,
-            _ if !value.contains(' ') => Auth::ApiKey,
-            _ => Auth::Other,
+        let is = |s: &str| scheme.eq_ignore_ascii_case(s);
+        return if is("bearer") || is("token") {
+            Auth::Bearer
+        } else if is("basic") {
+            Auth::Basic
+        } else if is("digest") {
+            Auth::Digest
+        } else if is("aws4-hmac-sha256") {
+            Auth::AwsSigV4
+        } else if scheme.is_empty() {
+            Auth::None
+        } else if !value.contains(' ') {
+            Auth::ApiKey
+        } else {
+            Auth::Other
         };
     }
     if head

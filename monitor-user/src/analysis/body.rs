@@ -18,7 +18,8 @@ pub enum Kind {
 /// The kind of a body from its `Content-Type`, and its first bytes when that says little.
 #[must_use]
 pub fn kind(content_type: Option<&str>, body: &[u8]) -> Kind {
-    let ct = content_type.unwrap_or_default().to_ascii_lowercase();
+    let mut buf = [0u8; 128];
+    let ct = super::ascii_lowercase(content_type.unwrap_or_default(), &mut buf);
     let mime = ct.split(';').next().unwrap_or_default().trim();
     if mime.starts_with("multipart/")
         && let Some(b) = ct

@@ -32,6 +32,50 @@ pub struct Flow {
     pub last_seen: String,
 }
 
+/// A flow's key, owned or borrowed, ordered as the tuple (process, host, route): lets a call
+/// find its flow without copying three strings first.
+trait FlowKey {
+    fn parts(&self) -> (&str, &str, &str);
+}
+
+impl FlowKey for (String, String, String) {
+    fn parts(&self) -> (&str, &str, &str) {
+        (&self.0, &self.1, &self.2)
+    }
+}
+
+impl FlowKey for (&str, &str, &str) {
+    fn parts(&self) -> (&str, &str, &str) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn FlowKey + 'a> for (String, String, String) {
+    fn borrow(&self) -> &(dyn FlowKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn FlowKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn FlowKey + '_ {}
+
+impl PartialOrd for dyn FlowKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn FlowKey + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 /// All flows, bounded: beyond `max_flows`, new flows are counted but not kept.
 #[derive(Debug)]
 pub struct DataMap {
@@ -74,18 +118,25 @@ impl DataMap {
         if !c.third_party {
             return;
         }
-        let key = (c.comm.clone(), c.host.clone(), c.route.clone());
-        if !self.flows.contains_key(&key) && self.flows.len() >= self.max_flows {
-            self.dropped += 1;
-            return;
-        }
-        let flow = self.flows.entry(key).or_insert_with(|| Flow {
-            process: c.comm.clone(),
-            host: c.host.clone(),
-            route: c.route.clone(),
-            first_seen: c.ts.clone(),
-            ..Flow::default()
-        });
+        let key = (c.comm.as_str(), c.host.as_str(), c.route.as_str());
+        let full = self.flows.len() >= self.max_flows;
+        let flow = match self.flows.get_mut(&key as &dyn FlowKey) {
+            Some(flow) => flow,
+            None if full => {
+                self.dropped += 1;
+                return;
+            }
+            None => self
+                .flows
+                .entry((c.comm.clone(), c.host.clone(), c.route.clone()))
+                .or_insert_with(|| Flow {
+                    process: c.comm.clone(),
+                    host: c.host.clone(),
+                    route: c.route.clone(),
+                    first_seen: c.ts.clone(),
+                    ..Flow::default()
+                }),
+        };
         flow.calls += 1;
         flow.last_seen.clone_from(&c.ts);
         if c.ts < flow.first_seen {

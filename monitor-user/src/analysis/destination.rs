@@ -1,6 +1,9 @@
 //! Where a call goes, and whether that is a third party.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+};
 
 use ipnet::IpNet;
 
@@ -136,6 +139,14 @@ impl Default for Destinations {
 /// The host a request names: `Host` header without port, lower-case; else the peer's IP.
 #[must_use]
 pub fn host_of(head: &Head, remote: Option<SocketAddr>) -> String {
+    let mut out = String::new();
+    host_into(head, remote, &mut out);
+    out
+}
+
+/// [`host_of`] into `out` (cleared first), reusing its buffer.
+pub fn host_into(head: &Head, remote: Option<SocketAddr>, out: &mut String) {
+    out.clear();
     let from_header = head
         .header("host")
         .map(str::trim)
@@ -150,8 +161,15 @@ pub fn host_of(head: &Head, remote: Option<SocketAddr>) -> String {
             }
         });
     match from_header {
-        Some(h) => strip_port(h).to_ascii_lowercase(),
-        None => remote.map(|r| r.ip().to_string()).unwrap_or_default(),
+        Some(h) => {
+            out.push_str(strip_port(h));
+            out.make_ascii_lowercase();
+        }
+        None => {
+            if let Some(r) = remote {
+                let _ = write!(out, "{}", r.ip());
+            }
+        }
     }
 }
 

@@ -58,60 +58,115 @@ pub struct Detection {
 
 /// Headers whose values are protocol plumbing, not data about anyone.
 const PLUMBING_HEADERS: &[&str] = &[
-    "host",
-    "user-agent",
-    "content-length",
-    "content-type",
-    "content-encoding",
-    "transfer-encoding",
     "accept",
     "accept-encoding",
     "accept-language",
     "accept-ranges",
-    "connection",
-    "keep-alive",
-    "date",
-    "expires",
-    "last-modified",
-    "etag",
-    "if-none-match",
-    "if-modified-since",
-    "if-match",
-    "cache-control",
-    "pragma",
-    "vary",
-    "server",
-    "via",
     "age",
-    "upgrade",
+    "alt-svc",
+    "cache-control",
+    "connection",
+    "content-disposition",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-security-policy",
+    "content-type",
+    "date",
+    "dnt",
+    "etag",
+    "expect",
+    "expires",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "keep-alive",
+    "last-modified",
+    "nel",
+    "pragma",
+    "priority",
+    "range",
+    "referrer-policy",
+    "report-to",
+    "server",
+    "strict-transport-security",
     "te",
-    "trailer",
     "traceparent",
     "tracestate",
-    "content-security-policy",
-    "strict-transport-security",
-    "x-frame-options",
-    "x-content-type-options",
-    "x-xss-protection",
-    "referrer-policy",
-    "alt-svc",
-    "nel",
-    "report-to",
-    "expect",
-    "range",
-    "content-range",
-    "content-disposition",
-    "x-powered-by",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "vary",
+    "via",
     "x-amzn-trace-id",
-    "x-request-id",
+    "x-content-type-options",
     "x-correlation-id",
-    "priority",
-    "dnt",
+    "x-frame-options",
+    "x-powered-by",
+    "x-request-id",
+    "x-xss-protection",
 ];
 
+/// Slot of a header name (any case) in [`PLUMBING_TABLE`], from its length and its first,
+/// middle and last bytes: hashing every byte cost more than the rest of looking at a header.
+const fn name_slot(name: &[u8]) -> usize {
+    let n = name.len();
+    if n == 0 {
+        return 0;
+    }
+    let key = n as u64
+        | (name[0].to_ascii_lowercase() as u64) << 8
+        | (name[n / 2].to_ascii_lowercase() as u64) << 16
+        | (name[n - 1].to_ascii_lowercase() as u64) << 24;
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - PLUMBING_SLOTS.trailing_zeros())) as usize
+}
+
+/// Slots of [`PLUMBING_TABLE`]: a power of two, well above the number of names.
+const PLUMBING_SLOTS: usize = 128;
+
+/// [`PLUMBING_HEADERS`] by [`name_slot`] (index + 1, 0 for empty; linear probing), built at
+/// compile time: every header of every call is looked up, and a probe or two cost less than
+/// lower-casing the name to search a list.
+const PLUMBING_TABLE: [u8; PLUMBING_SLOTS] = {
+    let mut table = [0u8; PLUMBING_SLOTS];
+    let mut n = 0;
+    while n < PLUMBING_HEADERS.len() {
+        let mut i = name_slot(PLUMBING_HEADERS[n].as_bytes());
+        while table[i] != 0 {
+            i = (i + 1) & (PLUMBING_SLOTS - 1);
+        }
+        table[i] = n as u8 + 1;
+        n += 1;
+    }
+    table
+};
+
+/// Whether a header (any case) is plumbing (see [`PLUMBING_HEADERS`]).
+fn plumbing_header(name: &str) -> bool {
+    let mut i = name_slot(name.as_bytes());
+    loop {
+        match PLUMBING_TABLE[i] {
+            0 => break,
+            k if PLUMBING_HEADERS[usize::from(k) - 1].eq_ignore_ascii_case(name) => return true,
+            _ => i = (i + 1) & (PLUMBING_SLOTS - 1),
+        }
+    }
+    let starts = |prefix: &str| {
+        name.as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
+    };
+    starts("sec-") || starts("access-control-") || starts("x-b3-")
+}
+
 /// Where credentials belong: their values are authentication, reported as `auth`, not findings.
-fn credential_header(name: &str) -> bool {
-    name == "authorization" || name == "proxy-authorization" || super::auth::is_key_header(name)
+/// `lower` is `name` in lower case.
+fn credential_header(name: &str, lower: &str) -> bool {
+    name.eq_ignore_ascii_case("authorization")
+        || name.eq_ignore_ascii_case("proxy-authorization")
+        || super::auth::is_key_header_lower(lower)
 }
 
 /// Inspects exchanges. Built once; cheap to share.
@@ -121,6 +176,9 @@ pub struct Inspector {
     hasher: Hasher,
     hint_cache: std::cell::RefCell<keys::HintCache>,
     max_decoded: usize,
+    /// Buffers of the last JSON walk and candidate scan, taken while in use: every call has a
+    /// body or two to look through.
+    json_scratch: std::cell::RefCell<(json::Scratch, Vec<Candidate>)>,
 }
 
 #[derive(Default)]
@@ -167,6 +225,7 @@ impl Inspector {
             hasher,
             hint_cache,
             max_decoded,
+            json_scratch: std::cell::RefCell::default(),
         }
     }
 
@@ -219,19 +278,18 @@ impl Inspector {
     }
 
     fn headers(&self, side: Side, head: &Head, c: &mut Collector) {
+        let mut buf = [0u8; 64];
         for h in &head.headers {
-            let name = h.name.to_ascii_lowercase();
-            if PLUMBING_HEADERS.contains(&name.as_str())
-                || name.starts_with("sec-")
-                || name.starts_with("access-control-")
-                || name.starts_with("x-b3-")
-            {
+            // Most headers are plumbing: only the others are lower-cased.
+            if plumbing_header(&h.name) {
                 continue;
             }
-            if credential_header(&name) {
+            let name = super::ascii_lowercase(&h.name, &mut buf);
+            let name: &str = &name;
+            if credential_header(&h.name, name) {
                 continue;
             }
-            match name.as_str() {
+            match name {
                 // Session cookies are credentials; other cookie values may carry personal data.
                 "cookie" | "set-cookie" => {
                     let attrs = [
@@ -275,7 +333,7 @@ impl Inspector {
                     self.value(
                         side,
                         Part::Header,
-                        &name,
+                        name,
                         decoded.as_bytes(),
                         &Hints::default(),
                         false,
@@ -285,7 +343,7 @@ impl Inspector {
                 _ => self.value(
                     side,
                     Part::Header,
-                    &name,
+                    name,
                     h.value.as_bytes(),
                     &self.hints(name.as_bytes()),
                     false,
@@ -367,10 +425,15 @@ impl Inspector {
         let mut personal = false;
         let mut names = Vec::new();
         for (k, v) in form_urlencoded::parse(data) {
-            let field = format!("{prefix}{k}");
+            // Query parameters have no prefix: their name is the field, no copy needed.
+            let field: std::borrow::Cow<'_, str> = if prefix.is_empty() {
+                std::borrow::Cow::Borrowed(&k)
+            } else {
+                std::borrow::Cow::Owned(format!("{prefix}{k}"))
+            };
             personal |= keys::is_personal_key(k.as_bytes());
             if keys::is_plain_name(k.as_bytes()) {
-                names.push((field.clone(), v.clone().into_owned()));
+                names.push((field.clone().into_owned(), v.clone().into_owned()));
             }
             self.value(
                 side,
@@ -434,7 +497,8 @@ impl Inspector {
     /// candidates, or keys that may carry context-only types) one walk to learn each value's
     /// path and key.
     fn json(&self, side: Side, doc: &[u8], prefix: &str, c: &mut Collector) {
-        let mut candidates: Vec<Candidate> = Vec::new();
+        let (mut scratch, mut candidates) = self.json_scratch.take();
+        candidates.clear();
         self.detector.candidates(doc, &mut candidates);
         // Every scalar's key is looked at (one cached lookup each): a document-wide keyword
         // search to skip the walk costs more than the walk.
@@ -443,7 +507,7 @@ impl Inspector {
         // Plain `name` values, decided once their object's other keys are known.
         let mut personal_objects = std::collections::HashSet::new();
         let mut plain_names: Vec<(usize, String, json::Scalar)> = Vec::new();
-        json::walk(doc, |path, scalar| {
+        json::walk_with(doc, &mut scratch, |path, scalar| {
             while next < candidates.len() && candidates[next].start < scalar.span.start {
                 next += 1;
             }
@@ -480,6 +544,7 @@ impl Inspector {
                 plain_names.push((path.object(), f, scalar.clone()));
             }
         });
+        self.json_scratch.replace((scratch, candidates));
         for (object, field, scalar) in plain_names {
             if !personal_objects.contains(&object) {
                 continue;
@@ -537,4 +602,30 @@ impl Inspector {
 
 fn has_context(h: &Hints) -> bool {
     h.birth_date || h.person_name || h.street_address || h.password || h.aws_secret
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plumbing_headers_are_found_in_any_case() {
+        for name in PLUMBING_HEADERS {
+            assert!(plumbing_header(name), "{name}");
+            assert!(plumbing_header(&name.to_ascii_uppercase()), "{name}");
+        }
+        assert!(plumbing_header("X-Request-Id") && plumbing_header("Sec-Fetch-Mode"));
+        assert!(plumbing_header("x-b3-traceid") && plumbing_header("Access-Control-Allow-Origin"));
+        for other in [
+            "x-customer-email",
+            "hos",
+            "hostx",
+            "",
+            "authorization",
+            "sec",
+            "é",
+        ] {
+            assert!(!plumbing_header(other), "{other}");
+        }
+    }
 }

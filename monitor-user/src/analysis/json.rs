@@ -87,7 +87,7 @@ pub struct Scalar {
 /// Containers deeper than this are still walked, but their keys are not tracked.
 const MAX_DEPTH: usize = 128;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Frame {
     /// `None` for an array; for an object, whether the next string is a key.
     expect_key: Option<bool>,
@@ -105,10 +105,45 @@ pub fn looks_like_json(doc: &[u8]) -> bool {
         .is_some_and(|b| *b == b'{' || *b == b'[')
 }
 
+/// The buffers of a walk, kept between documents so that walking allocates nothing once they
+/// have grown to the documents' depth.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    segs: Vec<Seg<'static>>,
+    objects: Vec<usize>,
+    frames: Vec<Frame>,
+}
+
 /// Calls `visit` for every scalar (string, number, literal) of `doc`, in order.
-pub fn walk<'a>(doc: &'a [u8], mut visit: impl FnMut(&Path<'a>, &Scalar)) {
-    let mut path = Path::default();
-    let mut frames: Vec<Frame> = Vec::new();
+pub fn walk<'a>(doc: &'a [u8], visit: impl FnMut(&Path<'a>, &Scalar)) {
+    walk_with(doc, &mut Scratch::default(), visit);
+}
+
+/// [`walk`] with the buffers of `scratch`.
+pub fn walk_with<'a>(doc: &'a [u8], scratch: &mut Scratch, visit: impl FnMut(&Path<'a>, &Scalar)) {
+    let mut path = Path {
+        segs: std::mem::take(&mut scratch.segs),
+        objects: std::mem::take(&mut scratch.objects),
+    };
+    let mut frames = std::mem::take(&mut scratch.frames);
+    path.objects.clear();
+    frames.clear();
+    walk_in(doc, &mut path, &mut frames, visit);
+    let Path { mut segs, objects } = path;
+    segs.clear();
+    // Empty, so nothing is mapped: only the lifetime changes, and collecting in place keeps
+    // the buffer.
+    scratch.segs = segs.into_iter().map(|_| Seg::Index).collect();
+    scratch.objects = objects;
+    scratch.frames = frames;
+}
+
+fn walk_in<'a>(
+    doc: &'a [u8],
+    path: &mut Path<'a>,
+    frames: &mut Vec<Frame>,
+    mut visit: impl FnMut(&Path<'a>, &Scalar),
+) {
     // Depth beyond MAX_DEPTH: counted, not tracked.
     let mut overflow = 0usize;
     let mut i = 0;
@@ -213,7 +248,7 @@ pub fn walk<'a>(doc: &'a [u8], mut visit: impl FnMut(&Path<'a>, &Scalar)) {
                     f.has_key = true;
                     path.segs.push(Seg::Key(&doc[start..end]));
                 } else {
-                    with_element(&mut path, &frames, overflow, |p| {
+                    with_element(path, frames, overflow, |p| {
                         visit(
                             p,
                             &Scalar {
@@ -239,7 +274,7 @@ pub fn walk<'a>(doc: &'a [u8], mut visit: impl FnMut(&Path<'a>, &Scalar)) {
                     i += 1;
                     continue;
                 }
-                with_element(&mut path, &frames, overflow, |p| {
+                with_element(path, frames, overflow, |p| {
                     visit(
                         p,
                         &Scalar {

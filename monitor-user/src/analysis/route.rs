@@ -66,9 +66,32 @@ pub struct Routes {
     nodes: usize,
 }
 
+/// FNV-1a, for the literals of one path position: they are few (at most `max_children`), so
+/// a weak hash cannot be abused, and SipHash was most of the cost of templating a route.
+#[derive(Clone, Copy, Debug)]
+struct SegmentHasher(u64);
+
+impl Default for SegmentHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for SegmentHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Node {
-    literals: std::collections::HashMap<String, Node>,
+    literals: std::collections::HashMap<String, Node, std::hash::BuildHasherDefault<SegmentHasher>>,
     /// Where values (`{id}`) lead.
     values: Option<Box<Node>>,
 }
@@ -88,25 +111,48 @@ impl Routes {
 
     /// The route template of `target` on `host`.
     pub fn template(&mut self, host: &str, target: &str) -> String {
+        let mut out = String::new();
+        self.template_into(host, target, &mut out);
+        out
+    }
+
+    /// [`template`](Self::template) into `out` (cleared first), reusing its buffer. Known
+    /// hosts and segments are looked up, not copied: this runs for every call.
+    pub fn template_into(&mut self, host: &str, target: &str, out: &mut String) {
+        out.clear();
         let path = path_of(target);
-        let host_key = if self.hosts.contains_key(host) || self.hosts.len() < self.max_hosts {
+        // Hosts are the sender's to choose: their map keeps SipHash.
+        let host_key = if self.hosts.contains_key(host) {
             host
         } else {
-            ""
+            let key = if self.hosts.len() < self.max_hosts {
+                host
+            } else {
+                ""
+            };
+            self.hosts.entry(key.to_owned()).or_default();
+            key
         };
-        let mut node = self.hosts.entry(host_key.to_owned()).or_default();
-        let mut out = String::with_capacity(path.len());
+        let Some(mut node) = self.hosts.get_mut(host_key) else {
+            return;
+        };
+        out.reserve(path.len());
         for seg in path.split('/').skip(1) {
             out.push('/');
-            let literal = !is_value_segment(seg)
-                && (node.literals.contains_key(seg)
-                    || (node.literals.len() < self.max_children && self.nodes < self.max_nodes));
+            let name = !is_value_segment(seg);
+            let known = name && node.literals.contains_key(seg);
+            let literal = known
+                || (name && node.literals.len() < self.max_children && self.nodes < self.max_nodes);
             if literal {
                 out.push_str(seg);
-                if !node.literals.contains_key(seg) {
+                if !known {
                     self.nodes += 1;
+                    node.literals.insert(seg.to_owned(), Node::default());
                 }
-                node = node.literals.entry(seg.to_owned()).or_default();
+                let Some(next) = node.literals.get_mut(seg) else {
+                    return;
+                };
+                node = next;
             } else {
                 out.push_str("{id}");
                 node = node.values.get_or_insert_with(Box::default);
@@ -115,7 +161,6 @@ impl Routes {
         if out.is_empty() {
             out.push('/');
         }
-        out
     }
 }
 
@@ -147,11 +192,17 @@ pub fn template(target: &str) -> String {
 /// The path of a request target: no query, no fragment, no scheme and authority.
 #[must_use]
 pub fn path_of(target: &str) -> &str {
-    let target = match target.split_once("://") {
+    // Runs several times per call: most targets have no `:` at all, which one memchr tells.
+    let absolute = if memchr::memchr(b':', target.as_bytes()).is_some() {
+        target.split_once("://")
+    } else {
+        None
+    };
+    let target = match absolute {
         Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
         None => target,
     };
-    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let end = memchr::memchr2(b'?', b'#', target.as_bytes()).unwrap_or(target.len());
     let path = &target[..end];
     if path.is_empty() { "/" } else { path }
 }
@@ -166,6 +217,33 @@ pub fn query_of(target: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_of_matches_the_plain_string_search() {
+        fn reference(target: &str) -> &str {
+            let target = match target.split_once("://") {
+                Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+                None => target,
+            };
+            let end = target.find(['?', '#']).unwrap_or(target.len());
+            let path = &target[..end];
+            if path.is_empty() { "/" } else { path }
+        }
+        for t in [
+            "/v1/users/42?x=1",
+            "/a#frag?",
+            "",
+            "*",
+            "?q",
+            "http://h:80/a/42?x",
+            "https://h",
+            "/r?to=http://x/y",
+            "/time/12:30/x",
+            "/é/ü?ß#€",
+        ] {
+            assert_eq!(path_of(t), reference(t), "{t}");
+        }
+    }
 
     #[test]
     fn cardinality_is_capped_per_position() {

@@ -4,9 +4,11 @@
 mod body;
 mod parser;
 mod session;
+mod spare;
 
 pub use parser::{Answering, Direction, Limits, ParseError, StreamParser};
 pub use session::{Exchange, Session, SessionEvent};
+pub use spare::recycle;
 
 /// One header line, value decoded leniently (invalid UTF-8 becomes U+FFFD).
 #[derive(Clone, Debug, PartialEq, Eq)]

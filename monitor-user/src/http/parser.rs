@@ -1,8 +1,11 @@
 //! One direction of an HTTP/1.x connection: bytes in, messages out.
 
+use std::cell::RefCell;
+
 use super::{
     Body, Head, Header, Message, StartLine,
     body::{BodyDecoder, Framing},
+    spare,
 };
 
 /// Bounds that keep memory fixed whatever the input.
@@ -111,6 +114,26 @@ struct Partial {
     last_ts: u64,
 }
 
+thread_local! {
+    /// Boxes of messages in progress that ended, for the next message: one fewer allocation
+    /// per message (see [`spare`]).
+    #[expect(clippy::vec_box, reason = "the boxes are what is reused, as `State::Body`'s")]
+    static PARTIALS: RefCell<Vec<Box<Partial>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Boxes kept in [`PARTIALS`].
+const MAX_PARTIALS: usize = 32;
+
+fn boxed(partial: Partial) -> Box<Partial> {
+    match PARTIALS.with_borrow_mut(Vec::pop) {
+        Some(mut b) => {
+            *b = partial;
+            b
+        }
+        None => Box::new(partial),
+    }
+}
+
 /// Incremental parser for one direction of a connection.
 #[derive(Debug)]
 pub struct StreamParser {
@@ -169,6 +192,14 @@ impl StreamParser {
     #[must_use]
     pub fn in_message(&self) -> bool {
         matches!(self.state, State::Body(_))
+    }
+
+    /// The head of the message in progress, if its body is being read.
+    pub(crate) fn partial_head(&self) -> Option<&Head> {
+        match &self.state {
+            State::Body(p) => Some(&p.head),
+            _ => None,
+        }
     }
 
     /// Bytes held in memory by this parser.
@@ -390,8 +421,13 @@ impl StreamParser {
             self.state = State::Resync;
             return true;
         }
-        let head = match parse_head(&input[..end], self.direction) {
-            Ok(h) => h,
+        let Message {
+            head,
+            body,
+            trailers,
+            ..
+        } = match parse_head(&input[..end], self.direction) {
+            Ok(m) => m,
             Err(e) => {
                 self.fail(e, sink);
                 self.start += 1;
@@ -419,11 +455,11 @@ impl StreamParser {
         self.start += end;
         self.searched = self.start;
         self.buf_ts = ts;
-        self.state = State::Body(Box::new(Partial {
+        self.state = State::Body(boxed(Partial {
             head,
             head_bytes: end as u64,
-            body: Body::default(),
-            trailers: Vec::new(),
+            body,
+            trailers,
             decoder: BodyDecoder::new(framing),
             first_ts,
             last_ts: ts,
@@ -438,30 +474,24 @@ impl StreamParser {
 
     /// Emits the message in progress and goes back to reading heads.
     fn finish(&mut self, complete: bool, sink: &mut impl Sink) {
-        let State::Body(partial) = std::mem::replace(&mut self.state, State::Head) else {
+        let State::Body(mut partial) = std::mem::replace(&mut self.state, State::Head) else {
             return;
         };
-        let Partial {
-            head,
-            head_bytes,
-            body,
-            trailers,
-            first_ts,
-            last_ts,
-            ..
-        } = *partial;
-        sink.message(
-            self.direction,
-            Message {
-                head,
-                body,
-                trailers,
-                head_bytes,
-                first_ts,
-                last_ts,
-                complete,
-            },
-        );
+        let message = Message {
+            head: std::mem::replace(&mut partial.head, spare::EMPTY_HEAD),
+            body: std::mem::take(&mut partial.body),
+            trailers: std::mem::take(&mut partial.trailers),
+            head_bytes: partial.head_bytes,
+            first_ts: partial.first_ts,
+            last_ts: partial.last_ts,
+            complete,
+        };
+        PARTIALS.with_borrow_mut(|p| {
+            if p.len() < MAX_PARTIALS {
+                p.push(partial);
+            }
+        });
+        sink.message(self.direction, message);
     }
 
     /// Reports an error; a message in progress is reported cut short.
@@ -489,20 +519,50 @@ fn find_head_end(input: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-fn parse_head(bytes: &[u8], direction: Direction) -> Result<Head, ParseError> {
+/// Overwrites `dst` with `src`, keeping its buffer.
+fn set(dst: &mut String, src: &str) {
+    dst.clear();
+    dst.push_str(src);
+}
+
+/// Overwrites `dst` with `src` decoded leniently (invalid UTF-8 becomes U+FFFD).
+fn set_lossy(dst: &mut String, src: &[u8]) {
+    dst.clear();
+    // Header values are nearly always valid: checking is much cheaper than the lossy decoder.
+    match std::str::from_utf8(src) {
+        Ok(s) => dst.push_str(s),
+        Err(_) => dst.push_str(&String::from_utf8_lossy(src)),
+    }
+}
+
+/// The head of a message in `bytes`, parsed into the buffers of a spare message (whose body
+/// and trailers are empty).
+fn parse_head(bytes: &[u8], direction: Direction) -> Result<Message, ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
-    let (start, version, parsed) = match direction {
+    let mut message = spare::message(direction);
+    let head = &mut message.head;
+    let parsed = match direction {
         Direction::Requests => {
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(bytes) {
                 Ok(httparse::Status::Complete(_)) => {}
                 Ok(httparse::Status::Partial) | Err(_) => return Err(ParseError::BadHead),
             }
-            let start = StartLine::Request {
-                method: req.method.unwrap_or_default().to_owned(),
-                target: req.path.unwrap_or_default().to_owned(),
-            };
-            (start, req.version.unwrap_or(1), req.headers.len())
+            let (m, t) = (req.method.unwrap_or_default(), req.path.unwrap_or_default());
+            match &mut head.start {
+                StartLine::Request { method, target } => {
+                    set(method, m);
+                    set(target, t);
+                }
+                start @ StartLine::Response { .. } => {
+                    *start = StartLine::Request {
+                        method: m.to_owned(),
+                        target: t.to_owned(),
+                    };
+                }
+            }
+            head.version = req.version.unwrap_or(1);
+            req.headers.len()
         }
         Direction::Responses => {
             let mut res = httparse::Response::new(&mut headers);
@@ -516,25 +576,30 @@ fn parse_head(bytes: &[u8], direction: Direction) -> Result<Head, ParseError> {
                 Ok(httparse::Status::Complete(_)) => {}
                 Ok(httparse::Status::Partial) | Err(_) => return Err(ParseError::BadHead),
             }
-            let start = StartLine::Response {
-                status: res.code.unwrap_or_default(),
-                reason: res.reason.unwrap_or_default().to_owned(),
-            };
-            (start, res.version.unwrap_or(1), res.headers.len())
+            let (code, r) = (res.code.unwrap_or_default(), res.reason.unwrap_or_default());
+            match &mut head.start {
+                StartLine::Response { status, reason } => {
+                    *status = code;
+                    set(reason, r);
+                }
+                start @ StartLine::Request { .. } => {
+                    *start = StartLine::Response {
+                        status: code,
+                        reason: r.to_owned(),
+                    };
+                }
+            }
+            head.version = res.version.unwrap_or(1);
+            res.headers.len()
         }
     };
-    let headers = headers[..parsed]
-        .iter()
-        .map(|h| Header {
-            name: h.name.to_owned(),
-            value: String::from_utf8_lossy(h.value).into_owned(),
-        })
-        .collect();
-    Ok(Head {
-        start,
-        version,
-        headers,
-    })
+    let parsed = &headers[..parsed];
+    spare::resize_headers(&mut head.headers, parsed.len());
+    for (slot, h) in head.headers.iter_mut().zip(parsed) {
+        set(&mut slot.name, h.name);
+        set_lossy(&mut slot.value, h.value);
+    }
+    Ok(message)
 }
 
 /// The value of Content-Length, if valid (repeated identical values are allowed).

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use super::{
     Head, Message,
     parser::{Answering, Direction, Limits, ParseError, Sink, StreamParser},
+    spare,
 };
 
 /// Requests awaiting a response at most (pipelining depth); older ones are given up.
@@ -32,7 +33,11 @@ pub enum SessionEvent {
 
 #[derive(Debug)]
 struct Pending {
-    head: Head,
+    /// What the response must know of the request.
+    answering: Answering,
+    /// A copy of the head, made only if the request may be reported before its message
+    /// ends (see [`Session::keep_unfinished_head`]); the message has the head.
+    head: Option<Head>,
     started_ts: u64,
     message: Option<Message>,
 }
@@ -48,7 +53,7 @@ impl Pending {
     /// The request as far as it got: whole if it ended, else its head alone.
     fn into_request(self) -> Message {
         self.message.unwrap_or_else(|| Message {
-            head: self.head,
+            head: self.head.unwrap_or(spare::EMPTY_HEAD),
             body: super::Body::default(),
             trailers: Vec::new(),
             head_bytes: 0,
@@ -62,10 +67,8 @@ impl Pending {
 impl Pairing {
     fn give_up(&mut self, pending: Pending) {
         let request = pending.into_request();
-        self.events.push(SessionEvent::Exchange(Box::new(Exchange {
-            request,
-            response: None,
-        })));
+        self.events
+            .push(SessionEvent::Exchange(spare::exchange(request, None)));
     }
 }
 
@@ -76,19 +79,22 @@ impl Sink for Pairing {
         {
             self.give_up(oldest);
         }
+        let method = head.method();
         self.pending.push_back(Pending {
-            head: head.clone(),
+            answering: Answering {
+                head: method.is_some_and(|m| m.eq_ignore_ascii_case("HEAD")),
+                connect: method.is_some_and(|m| m.eq_ignore_ascii_case("CONNECT")),
+            },
+            head: None,
             started_ts: ts,
             message: None,
         });
     }
 
     fn answering(&mut self) -> Answering {
-        let method = self.pending.front().and_then(|p| p.head.method());
-        Answering {
-            head: method.is_some_and(|m| m.eq_ignore_ascii_case("HEAD")),
-            connect: method.is_some_and(|m| m.eq_ignore_ascii_case("CONNECT")),
-        }
+        self.pending
+            .front()
+            .map_or_else(Answering::default, |p| p.answering)
     }
 
     fn message(&mut self, direction: Direction, message: Message) {
@@ -108,18 +114,15 @@ impl Sink for Pairing {
                     self.events.push(SessionEvent::UnmatchedResponse);
                     return;
                 };
-                let connect = pending
-                    .head
-                    .method()
-                    .is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"));
+                let connect = pending.answering.connect;
                 if status == 101 || (connect && (200..300).contains(&status)) {
                     self.upgraded = true;
                 }
                 let request = pending.into_request();
-                self.events.push(SessionEvent::Exchange(Box::new(Exchange {
+                self.events.push(SessionEvent::Exchange(spare::exchange(
                     request,
-                    response: Some(message),
-                })));
+                    Some(message),
+                )));
                 if self.upgraded {
                     self.events.push(SessionEvent::Upgraded);
                 }
@@ -156,11 +159,26 @@ impl Session {
         if self.pairing.upgraded {
             return;
         }
-        let parser = match direction {
-            Direction::Requests => &mut self.requests,
-            Direction::Responses => &mut self.responses,
-        };
-        parser.push(data, ts, &mut self.pairing);
+        match direction {
+            Direction::Requests => self.requests.push(data, ts, &mut self.pairing),
+            Direction::Responses => {
+                self.keep_unfinished_head();
+                self.responses.push(data, ts, &mut self.pairing);
+            }
+        }
+    }
+
+    /// Before anything that may report a request whose body is still arriving (its response
+    /// came first, it timed out, the connection closed): copy its head, which until then only
+    /// the requests parser holds. Requests are parsed in order, so only the newest pending
+    /// request can be unfinished, and the parser is inside its body.
+    fn keep_unfinished_head(&mut self) {
+        if let Some(p) = self.pairing.pending.back_mut()
+            && p.message.is_none()
+            && p.head.is_none()
+        {
+            p.head = self.requests.partial_head().cloned();
+        }
     }
 
     /// The first bytes of `direction` were missed (the agent started, or its probes were
@@ -179,13 +197,17 @@ impl Session {
         }
         let parser = match direction {
             Direction::Requests => &mut self.requests,
-            Direction::Responses => &mut self.responses,
+            Direction::Responses => {
+                self.keep_unfinished_head();
+                &mut self.responses
+            }
         };
         parser.gap(n, ts, &mut self.pairing);
     }
 
     /// The connection closed: finish what can be finished, give up on the rest.
     pub fn close(&mut self) {
+        self.keep_unfinished_head();
         self.responses.close(&mut self.pairing);
         self.requests.close(&mut self.pairing);
         while let Some(p) = self.pairing.pending.pop_front() {
@@ -195,6 +217,7 @@ impl Session {
 
     /// Gives up on requests that started before `deadline` and are still unanswered.
     pub fn expire(&mut self, deadline: u64) {
+        self.keep_unfinished_head();
         while self
             .pairing
             .pending

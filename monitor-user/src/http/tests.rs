@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use super::*;
+use super::{recycle as recycle_exchange, *};
 
 const REQ: Direction = Direction::Requests;
 const RES: Direction = Direction::Responses;
@@ -361,6 +361,104 @@ struct Call {
     status: u16,
     res_body: Vec<u8>,
     res_chunked: bool,
+}
+
+#[test]
+fn response_before_the_request_body_ends_keeps_the_request_head() {
+    let mut s = session();
+    s.push(
+        REQ,
+        b"POST /upload HTTP/1.1\r\nHost: api.test\r\nContent-Length: 10\r\n\r\n12345",
+        1,
+    );
+    s.push(
+        RES,
+        b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n",
+        2,
+    );
+    let got = exchanges(&mut s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].request.head.method(), Some("POST"));
+    assert_eq!(got[0].request.head.header("host"), Some("api.test"));
+    assert!(!got[0].request.complete);
+    assert_eq!(
+        got[0].response.as_ref().and_then(|r| r.head.status()),
+        Some(413)
+    );
+
+    // The same when the request times out half sent.
+    let mut s = session();
+    s.push(
+        REQ,
+        b"PUT /slow HTTP/1.1\r\nHost: api.test\r\nContent-Length: 10\r\n\r\n123",
+        1,
+    );
+    s.expire(u64::MAX);
+    let got = exchanges(&mut s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].request.head.method(), Some("PUT"));
+    assert!(got[0].response.is_none());
+}
+
+#[test]
+fn recycled_buffers_parse_exactly_as_fresh_ones() {
+    // Heads of varying shapes, so that recycled ones have more, fewer or other headers, and
+    // a header that is not UTF-8.
+    let mut calls: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for i in 0..40usize {
+        let mut req = format!(
+            "{} /v1/items/{i} HTTP/1.{}\r\nHost: api{i}.test\r\n",
+            ["GET", "POST", "DELETE"][i % 3],
+            i % 2
+        )
+        .into_bytes();
+        for h in 0..i % 5 {
+            req.extend_from_slice(format!("X-Extra-{h}: value {i} {h}\r\n").as_bytes());
+        }
+        if i % 7 == 0 {
+            req.extend_from_slice(b"X-Bytes: caf\xe9\r\n");
+        }
+        let body = "x".repeat(i * 3);
+        req.extend_from_slice(format!("Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+        let status = [200, 201, 404, 204][i % 4];
+        let res_body = if status == 204 {
+            String::new()
+        } else {
+            "y".repeat(i * 5)
+        };
+        let mut res = format!("HTTP/1.1 {status} Reason {i}\r\n").into_bytes();
+        if i % 3 == 0 {
+            res.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+            chunk_encode(res_body.as_bytes(), &mut res);
+        } else {
+            res.extend_from_slice(
+                format!("Content-Length: {}\r\n\r\n{res_body}", res_body.len()).as_bytes(),
+            );
+        }
+        calls.push((req, res));
+    }
+    let run = |recycle: bool| {
+        let mut s = session();
+        let mut out = Vec::new();
+        for (i, (req, res)) in calls.iter().enumerate() {
+            s.push(REQ, req, i as u64);
+            s.push(RES, res, i as u64);
+            for x in s.drain().filter_map(|e| match e {
+                SessionEvent::Exchange(x) => Some(x),
+                _ => None,
+            }) {
+                out.push((*x).clone());
+                if recycle {
+                    recycle_exchange(x);
+                }
+            }
+        }
+        out
+    };
+    let fresh = run(false);
+    assert_eq!(fresh.len(), calls.len());
+    assert_eq!(run(true), fresh);
+    assert_eq!(run(true), fresh);
 }
 
 fn chunk_encode(body: &[u8], out: &mut Vec<u8>) {

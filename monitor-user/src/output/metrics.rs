@@ -1,11 +1,14 @@
 //! Prometheus metrics, names prefixed `apimon_`. Label values are bounded: the first
 //! `max_hosts` hosts get their own label, later ones share `other`.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Mutex, OnceLock},
+};
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder, core::Collector,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
 };
 
 use super::alert_metrics::AlertMetrics;
@@ -42,14 +45,62 @@ impl LabelLimiter {
 
 /// Standard methods keep their name; anything else is `OTHER`.
 #[must_use]
-pub fn method_label(method: &str) -> &str {
+pub fn method_label(method: &str) -> &'static str {
     match method {
-        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" | "CONNECT" | "TRACE" => {
-            method
-        }
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
         _ => "OTHER",
     }
 }
+
+/// The call series of one host label, direction, TLS and third-party flag, looked up once:
+/// `with_label_values` hashes every label and takes a lock, too much to do per call.
+#[derive(Debug)]
+struct CallSeries {
+    /// Created on the first call with a response, as `with_label_values` would.
+    duration: Option<Histogram>,
+    request_bytes: IntCounter,
+    response_bytes: IntCounter,
+    /// `apimon_http_requests_total` by method and status class (a handful per host).
+    requests: Vec<(&'static str, &'static str, IntCounter)>,
+}
+
+/// Host labels and the call series resolved for each. Keyed by label (a host or `other`),
+/// so bounded like the label.
+#[derive(Debug)]
+struct HostLabels {
+    limiter: LabelLimiter,
+    /// Indexed by [`series_index`].
+    calls: HashMap<String, [Option<Box<CallSeries>>; 8]>,
+}
+
+const fn bool_label(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+/// Slot of a (direction, tls, third party) combination.
+fn series_index(call: &Call) -> usize {
+    usize::from(call.direction == crate::analysis::CallDirection::Ingress)
+        | usize::from(call.tls) << 1
+        | usize::from(call.third_party) << 2
+}
+
+/// Kinds of `apimon_events_total`, as [`Metrics::count_event`] caches them.
+const EVENT_KINDS: [&str; 6] = [
+    "data",
+    "conn_open",
+    "conn_close",
+    "exec",
+    "exit",
+    "exec_mmap",
+];
 
 /// `2xx`..`5xx`, or `none` when no response came.
 #[must_use]
@@ -104,7 +155,9 @@ pub struct Metrics {
     pub data_flows: IntCounterVec,
     /// Alerts, anomalies, configuration reloads.
     pub alerting: AlertMetrics,
-    hosts: Mutex<LabelLimiter>,
+    hosts: Mutex<HostLabels>,
+    /// `events` per kind of [`EVENT_KINDS`], resolved on first use (every record counts).
+    event_counters: [OnceLock<IntCounter>; EVENT_KINDS.len()],
     processes: Mutex<LabelLimiter>,
 }
 
@@ -280,7 +333,11 @@ impl Metrics {
                 &["process", "host", "data_type", "side"],
             ),
             alerting: AlertMetrics::new(&registry),
-            hosts: Mutex::new(LabelLimiter::new(max_hosts)),
+            hosts: Mutex::new(HostLabels {
+                limiter: LabelLimiter::new(max_hosts),
+                calls: HashMap::new(),
+            }),
+            event_counters: Default::default(),
             processes: Mutex::new(LabelLimiter::new(100)),
             registry,
             requests,
@@ -319,38 +376,69 @@ impl Metrics {
         metrics
     }
 
+    /// Counts one ring buffer record of `kind` in `apimon_events_total`.
+    pub fn count_event(&self, kind: &str) {
+        match EVENT_KINDS.iter().position(|k| *k == kind) {
+            Some(i) => self.event_counters[i]
+                .get_or_init(|| self.events.with_label_values(&[kind]))
+                .inc(),
+            None => self.events.with_label_values(&[kind]).inc(),
+        }
+    }
+
     /// Counts a call.
     pub fn record_call(&self, call: &Call) {
         let mut hosts = self
             .hosts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let host = hosts.label(&call.host);
+        let HostLabels { limiter, calls } = &mut *hosts;
+        // A host with series already has its own label: the limiter need not be asked.
+        let (host, slots) = match calls.get_mut(call.host.as_str()) {
+            Some(slots) => (call.host.as_str(), slots),
+            None => {
+                let label = limiter.label(&call.host);
+                (label, calls.entry(label.to_owned()).or_default())
+            }
+        };
         let direction = call.direction.as_str();
-        let tls = if call.tls { "true" } else { "false" };
-        let third = if call.third_party { "true" } else { "false" };
-        self.requests
-            .with_label_values(&[
-                direction,
-                host,
-                method_label(&call.method),
-                status_class(call.status),
-                tls,
-                third,
-            ])
-            .inc();
+        let tls = bool_label(call.tls);
+        let third = bool_label(call.third_party);
         let labels = [direction, host, tls, third];
+        let series = &mut slots[series_index(call)];
+        let series = match series {
+            Some(s) => s,
+            None => series.insert(Box::new(CallSeries {
+                duration: None,
+                request_bytes: self.request_bytes.with_label_values(&labels),
+                response_bytes: self.response_bytes.with_label_values(&labels),
+                requests: Vec::new(),
+            })),
+        };
+        let method = method_label(&call.method);
+        let class = status_class(call.status);
+        match series
+            .requests
+            .iter()
+            .find(|(m, c, _)| *m == method && *c == class)
+        {
+            Some((_, _, counter)) => counter.inc(),
+            None => {
+                let counter = self
+                    .requests
+                    .with_label_values(&[direction, host, method, class, tls, third]);
+                counter.inc();
+                series.requests.push((method, class, counter));
+            }
+        }
         if let Some(ms) = call.duration_ms {
-            self.duration
-                .with_label_values(&labels)
+            series
+                .duration
+                .get_or_insert_with(|| self.duration.with_label_values(&labels))
                 .observe(ms / 1000.0);
         }
-        self.request_bytes
-            .with_label_values(&labels)
-            .inc_by(call.request_bytes);
-        self.response_bytes
-            .with_label_values(&labels)
-            .inc_by(call.response_bytes);
+        series.request_bytes.inc_by(call.request_bytes);
+        series.response_bytes.inc_by(call.response_bytes);
     }
 
     /// Counts a finding.
@@ -397,7 +485,7 @@ impl Metrics {
             .hosts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        hosts.label(host).to_owned()
+        hosts.limiter.label(host).to_owned()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -423,6 +511,105 @@ mod tests {
         assert_eq!(method_label("PROPFIND"), "OTHER");
         assert_eq!(status_class(None), "none");
         assert_eq!(status_class(Some(404)), "4xx");
+    }
+
+    /// `record_call` as it was before its series were cached: the reference.
+    fn record_call_uncached(m: &Metrics, call: &Call) {
+        let host = m.host_label(&call.host);
+        let direction = call.direction.as_str();
+        let tls = bool_label(call.tls);
+        let third = bool_label(call.third_party);
+        m.requests
+            .with_label_values(&[
+                direction,
+                &host,
+                method_label(&call.method),
+                status_class(call.status),
+                tls,
+                third,
+            ])
+            .inc();
+        let labels = [direction, host.as_str(), tls, third];
+        if let Some(ms) = call.duration_ms {
+            m.duration.with_label_values(&labels).observe(ms / 1000.0);
+        }
+        m.request_bytes
+            .with_label_values(&labels)
+            .inc_by(call.request_bytes);
+        m.response_bytes
+            .with_label_values(&labels)
+            .inc_by(call.response_bytes);
+    }
+
+    /// The exposition without the process collector's lines, which change by themselves.
+    fn series(m: &Metrics) -> String {
+        m.render()
+            .lines()
+            .filter(|l| !l.contains("process_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn cached_call_series_count_as_label_lookups_did() {
+        let (cached, reference) = (Metrics::new(3), Metrics::new(3));
+        let mut n = 0u64;
+        for host in [
+            "a.test", "b.test", "c.test", "d.test", "e.test", "a.test", "other",
+        ] {
+            for method in ["GET", "POST", "PROPFIND", "get"] {
+                for status in [Some(200), Some(404), None] {
+                    n += 1;
+                    let call = Call {
+                        kind: "call",
+                        ts: String::new(),
+                        entry: None,
+                        pid: None,
+                        comm: "curl".into(),
+                        direction: if n.is_multiple_of(3) {
+                            crate::analysis::CallDirection::Ingress
+                        } else {
+                            crate::analysis::CallDirection::Egress
+                        },
+                        tls: n.is_multiple_of(2),
+                        tls_library: None,
+                        remote_addr: None,
+                        host: host.into(),
+                        method: method.into(),
+                        path: "/".into(),
+                        route: "/".into(),
+                        status,
+                        duration_ms: status.map(|_| n as f64),
+                        request_bytes: n,
+                        response_bytes: n * 10,
+                        third_party: !n.is_multiple_of(5),
+                        auth: "none",
+                        error: None,
+                    };
+                    cached.record_call(&call);
+                    record_call_uncached(&reference, &call);
+                }
+            }
+        }
+        assert_eq!(series(&cached), series(&reference));
+        assert!(series(&cached).contains("host=\"other\""));
+    }
+
+    #[test]
+    fn cached_event_counters_count_as_label_lookups_did() {
+        let (cached, reference) = (Metrics::new(3), Metrics::new(3));
+        for kind in [
+            "data",
+            "data",
+            "conn_open",
+            "exit",
+            "unknown_kind",
+            "exec_mmap",
+        ] {
+            cached.count_event(kind);
+            reference.events.with_label_values(&[kind]).inc();
+        }
+        assert_eq!(series(&cached), series(&reference));
     }
 
     #[test]

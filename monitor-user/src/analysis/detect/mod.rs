@@ -505,11 +505,12 @@ fn extension_len(rest: &[u8]) -> usize {
     if rest.first() == Some(&b' ') {
         i = 1;
     }
-    let lower: Vec<u8> = rest
-        .iter()
-        .take(i + 6)
-        .map(u8::to_ascii_lowercase)
-        .collect();
+    // On the stack: this runs for nearly every number in every body.
+    let mut buf = [0u8; 7];
+    let n = rest.len().min(i + 6);
+    let lower = &mut buf[..n];
+    lower.copy_from_slice(&rest[..n]);
+    lower.make_ascii_lowercase();
     let marker = if lower[i..].starts_with(b"ext.") {
         4
     } else if lower[i..].starts_with(b"ext") {
@@ -558,6 +559,25 @@ pub fn jwt(token: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phone_extensions() {
+        for (rest, len) in [
+            (" x123", 5),
+            ("x12", 3),
+            (" ext. 4567,", 10),
+            ("EXT9", 4),
+            (" Ext 12", 7),
+            (" x1234567", 0),
+            ("x12a", 0),
+            ("", 0),
+            (" ", 0),
+            ("\",", 0),
+            (" extra", 0),
+        ] {
+            assert_eq!(extension_len(rest.as_bytes()), len, "{rest:?}");
+        }
+    }
 
     fn found(text: &str, hints: &Hints) -> Vec<(DataType, String)> {
         let mut out = Vec::new();
