@@ -1,5 +1,6 @@
 //! `cargo xtask`: one entry point to set up a fresh machine, build, run and test apimon.
 
+mod bench;
 mod cmd;
 mod packages;
 mod toolchain;
@@ -44,10 +45,26 @@ enum Task {
         filter: Option<String>,
     },
     /// Benchmarks, each reported beside its baseline in the same run: the detector (criterion,
-    /// against JSON parsing of the same bytes).
+    /// against JSON parsing of the same bytes) and the live overhead (nginx and wrk with no
+    /// agent, a count-only bpftrace floor, and apimon; needs root).
     Bench {
-        /// Only run benchmarks whose name contains this filter.
+        /// `detect`: only the detector; `overhead`: only the live bench; any other text: the
+        /// detector's benchmarks whose name contains it. Without it: both.
         filter: Option<String>,
+        /// Overhead bench: seconds per wrk run [default: 8, or 3 with --quick].
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Overhead bench: rounds, each running every scenario in every mode [default: 3, or
+        /// 1 with --quick].
+        #[arg(long)]
+        rounds: Option<u64>,
+        /// Overhead bench: keep-alive connections held open to measure the agent's memory
+        /// (0 skips that scenario).
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Overhead bench: one round of 3 s runs, to check the harness.
+        #[arg(long)]
+        quick: bool,
     },
     /// Lint host crates and the eBPF crate (for its own target), and check formatting.
     Lint,
@@ -80,7 +97,20 @@ fn main() -> Result<()> {
         }
         Task::Test { filter } => test(filter.as_deref()),
         Task::Lint => lint(),
-        Task::Bench { filter } => bench(filter.as_deref()),
+        Task::Bench {
+            filter,
+            seconds,
+            rounds,
+            connections,
+            quick,
+        } => {
+            let options = bench::Options {
+                seconds: seconds.unwrap_or(if quick { 3 } else { 8 }),
+                rounds: usize::try_from(rounds.unwrap_or(if quick { 1 } else { 3 }))?,
+                connections,
+            };
+            bench(filter.as_deref(), &options)
+        }
         Task::Fuzz { target, seconds } => fuzz(&target, seconds),
     }
 }
@@ -175,7 +205,22 @@ fn test(filter: Option<&str>) -> Result<()> {
     run(&mut integration)
 }
 
-fn bench(filter: Option<&str>) -> Result<()> {
+/// `detect` or `overhead` runs that bench alone; other filters select detector benchmarks;
+/// no filter runs both.
+fn bench(filter: Option<&str>, options: &bench::Options) -> Result<()> {
+    match filter {
+        Some("overhead") => bench::overhead(options),
+        Some("detect") => bench_detector(None),
+        Some(f) => bench_detector(Some(f)),
+        None => {
+            bench_detector(None)?;
+            bench::overhead(options)
+        }
+    }
+}
+
+/// The detector's criterion benchmarks (`monitor-user/benches/detect.rs`).
+fn bench_detector(filter: Option<&str>) -> Result<()> {
     toolchain::ensure()?;
     let mut detector = cargo()?;
     detector.args([
