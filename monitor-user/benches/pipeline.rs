@@ -25,7 +25,6 @@ use apimon::{
     capture::{control::Request, records},
     config::Config,
     conn::{ConnTable, TableConfig},
-    http::Limits,
     output::{events::EventWriter, metrics::Metrics},
     pipeline::{Clock, Outputs, Pipeline},
 };
@@ -319,15 +318,7 @@ type Ends = (mpsc::Receiver<Request>, tokio::sync::mpsc::Receiver<Alert>);
 fn pipeline() -> (Pipeline, Ends) {
     let config = Config::default();
     let metrics = Arc::new(Metrics::new(config.metrics.max_hosts));
-    let table = ConnTable::new(TableConfig {
-        http: Limits {
-            max_head: config.capture.max_header_bytes,
-            body: config.capture.body_limit,
-        },
-        max_connections: config.capture.max_connections,
-        response_timeout_ns: u64::try_from(config.capture.response_timeout.as_nanos())
-            .unwrap_or(u64::MAX),
-    });
+    let table = ConnTable::new(TableConfig::from_config(&config.capture));
     let outputs = Outputs {
         events: Some(EventWriter::new(Box::new(std::io::sink()))),
         data_map: DataMap::new(config.analysis.max_flows),

@@ -22,7 +22,6 @@ use crate::{
     },
     config::{Config, Overrides},
     conn::{ConnTable, TableConfig},
-    http::Limits,
     output::{events::EventWriter, metrics::Metrics, server},
     pipeline::{Outputs, Pipeline},
 };
@@ -215,15 +214,7 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
         config.capture.tls.then(|| config.capture.tls_paths.clone()),
         Arc::clone(&metrics),
     );
-    let table = ConnTable::new(TableConfig {
-        http: Limits {
-            max_head: config.capture.max_header_bytes,
-            body: config.capture.body_limit,
-        },
-        max_connections: config.capture.max_connections,
-        response_timeout_ns: u64::try_from(config.capture.response_timeout.as_nanos())
-            .unwrap_or(u64::MAX),
-    });
+    let table = ConnTable::new(TableConfig::from_config(&config.capture));
     let outputs = Outputs {
         events,
         data_map: DataMap::new(config.analysis.max_flows),

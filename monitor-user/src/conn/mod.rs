@@ -55,6 +55,21 @@ pub struct TableConfig {
     pub response_timeout_ns: u64,
 }
 
+impl TableConfig {
+    /// What `[capture]` describes.
+    #[must_use]
+    pub fn from_config(c: &crate::config::CaptureConfig) -> Self {
+        Self {
+            http: Limits {
+                max_head: c.max_header_bytes,
+                body: c.body_limit,
+            },
+            max_connections: c.max_connections,
+            response_timeout_ns: u64::try_from(c.response_timeout.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
 impl Default for TableConfig {
     fn default() -> Self {
         Self {
