@@ -14,3 +14,7 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const THREADS_ENTRIES: u32 = 16_384;
 /// `(tgid, SSL*) -> socket`: which connection a TLS session runs on.
 pub const SSL_ENTRIES: u32 = 16_384;
+/// Processes whose OpenSSL calls are probed (userspace writes `tgid -> 1`).
+pub const PROBED: &str = "PROBED";
+/// Entries in [`PROBED`].
+pub const PROBED_ENTRIES: u32 = 16_384;

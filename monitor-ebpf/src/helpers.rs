@@ -27,6 +27,17 @@ static SELF_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
 
+/// Nonzero: every process's OpenSSL calls are probed (`tls_probe = "all"`), not only those in
+/// the `PROBED` map.
+#[unsafe(no_mangle)]
+static PROBE_ALL: u8 = 0;
+
+/// Whether the loader said every process is probed (see [`PROBE_ALL`]).
+#[inline(always)]
+pub(crate) fn probe_all() -> bool {
+    global(&PROBE_ALL) != 0
+}
+
 /// Reads a global set by the loader. `read_volatile` because the loader rewrites the value
 /// after compilation; without it the compiler would fold the initializer in.
 #[inline(always)]

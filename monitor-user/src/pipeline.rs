@@ -2,6 +2,7 @@
 //! way: records -> connection table -> HTTP sessions -> analysis -> outputs.
 
 use std::{
+    collections::HashMap,
     os::fd::AsRawFd as _,
     sync::{
         Arc,
@@ -19,7 +20,7 @@ use crate::{
     analysis::{Analysis, Analyzer, CallContext, CallDirection, Destinations, datamap::DataMap},
     capture::{
         control::{Notice, Request},
-        records::{self, Record, Role},
+        records::{self, Opened, Record, Role},
     },
     config::Config,
     conn::{ConnEvent, ConnTable},
@@ -185,6 +186,10 @@ pub struct Pipeline {
     /// Findings and anomalies to alerts; `None` when alerting is off.
     pub alerter: Option<Alerter>,
     pub clock: Clock,
+    /// Which connections count as third-party calls, for deciding what to probe.
+    pub destinations: Destinations,
+    /// What each process's peers were reported as (true: a third party).
+    peers: HashMap<u32, bool>,
     out: Vec<ConnEvent>,
     last_map_write: Instant,
 }
@@ -201,6 +206,8 @@ impl std::fmt::Debug for Pipeline {
 const TICK: Duration = Duration::from_millis(250);
 /// How long to wait for the ring buffer before looking at other work.
 const POLL_MS: i32 = 20;
+/// Processes whose peers are remembered (see [`Pipeline::peer`]).
+const MAX_PEERS: usize = 65_536;
 
 impl Pipeline {
     #[must_use]
@@ -219,6 +226,8 @@ impl Pipeline {
             control,
             alerter: None,
             clock: Clock::new(),
+            destinations: Destinations::default(),
+            peers: HashMap::new(),
             out: Vec::new(),
             last_map_write: Instant::now(),
         }
@@ -227,6 +236,7 @@ impl Pipeline {
     /// Applies a reloaded configuration: destinations, alert rules, anomaly sensitivity.
     /// Connections, baselines and open alert groups are kept.
     pub fn reload(&mut self, config: &Config) {
+        self.destinations = Destinations::from_config(&config.destinations);
         self.analyzer
             .set_destinations(Destinations::from_config(&config.destinations));
         if let Some(a) = self.alerter.as_mut() {
@@ -298,16 +308,22 @@ impl Pipeline {
         let mut out = std::mem::take(&mut self.out);
         match record {
             Record::Data(d) => self.table.data(&d, &mut out),
-            Record::Opened(o) => self.table.open(o, &mut out),
+            Record::Opened(o) => {
+                self.peer(&o);
+                self.table.open(o, &mut out);
+            }
             Record::Closed { conn_id, seq, .. } => self.table.close(conn_id, Some(seq), &mut out),
-            Record::Exec { pid, .. } => self.request(Request::Scan { pid, exec: true }),
+            Record::Exec { pid, .. } => {
+                // A new program: its first connection decides again whether it is probed.
+                self.peers.remove(&pid);
+                self.request(Request::Scan { pid, exec: true });
+            }
             Record::ExecMapped { pid } => self.request(Request::Scan { pid, exec: false }),
             Record::Exit { pid, .. } => {
                 let fds = self.table.fds_of(pid);
                 self.table.exit(pid, &mut out);
-                if !fds.is_empty() {
-                    self.request(Request::Forget { pid, fds });
-                }
+                self.peers.remove(&pid);
+                self.request(Request::Forget { pid, fds });
             }
         }
         self.emit(&mut out);
@@ -318,7 +334,10 @@ impl Pipeline {
     pub fn notice(&mut self, notice: Notice) {
         let mut out = std::mem::take(&mut self.out);
         match notice {
-            Notice::Opened(o) => self.table.open(o, &mut out),
+            Notice::Opened(o) => {
+                self.peer(&o);
+                self.table.open(o, &mut out);
+            }
             Notice::Resolved { conn_id, remote } => self.table.resolved(conn_id, remote, &mut out),
             Notice::Ready => {
                 self.metrics.ready.set(1);
@@ -327,6 +346,31 @@ impl Pipeline {
         }
         self.emit(&mut out);
         self.out = out;
+    }
+
+    /// Tells the control thread who a process talks to, once per process and kind of peer:
+    /// a third party gets its TLS calls probed, an internal peer or a client of its own (a
+    /// server) gets them left alone.
+    fn peer(&mut self, o: &Opened) {
+        let Some(remote) = o.remote else { return };
+        let third_party =
+            o.role != Role::Server && self.destinations.is_third_party("", Some(remote));
+        if self
+            .peers
+            .get(&o.pid)
+            .is_some_and(|&told| told || !third_party)
+        {
+            return;
+        }
+        if self.peers.len() >= MAX_PEERS {
+            // Only saves messages: the control thread ignores what it already knows.
+            self.peers.clear();
+        }
+        self.peers.insert(o.pid, third_party);
+        self.request(Request::Peer {
+            pid: o.pid,
+            third_party,
+        });
     }
 
     fn request(&self, request: Request) {

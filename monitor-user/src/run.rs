@@ -16,11 +16,11 @@ use crate::{
         mask::Hasher, route::Routes,
     },
     capture::{
-        control::Control,
+        control::{Control, TlsPolicy},
         host::{self, Check, Status},
         loader::{self, LoadOptions},
     },
-    config::{Config, Overrides},
+    config::{Config, Overrides, TlsProbe},
     conn::{ConnTable, TableConfig},
     output::{events::EventWriter, metrics::Metrics, server},
     pipeline::{Outputs, Pipeline},
@@ -45,6 +45,7 @@ pub fn verify_programs() -> Check {
     let options = LoadOptions {
         ring_buffer_bytes: common::maps::EVENTS_BYTES,
         wakeup_bytes: 0,
+        probe_all: false,
         verify_only: true,
     };
     match loader::load(options) {
@@ -172,6 +173,7 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
     let kernel = loader::load(LoadOptions {
         ring_buffer_bytes: config.capture.ring_buffer_bytes,
         wakeup_bytes: config.capture.wakeup_bytes,
+        probe_all: config.capture.tls_probe == TlsProbe::All,
         verify_only: false,
     })?;
     info!("{} tracepoints attached", kernel.tracepoints);
@@ -200,20 +202,12 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
 
-    let loader::Kernel {
-        ebpf,
-        ring,
-        fds,
-        counters,
-        ..
-    } = kernel;
-    let control = Control::new(
-        ebpf,
-        fds,
-        counters,
-        config.capture.tls.then(|| config.capture.tls_paths.clone()),
-        Arc::clone(&metrics),
-    );
+    let policy = config.capture.tls.then(|| TlsPolicy {
+        all: config.capture.tls_probe == TlsProbe::All,
+        processes: config.capture.tls_processes.clone(),
+        paths: config.capture.tls_paths.clone(),
+    });
+    let (control, ring) = Control::new(kernel, policy, Arc::clone(&metrics));
     let table = ConnTable::new(TableConfig::from_config(&config.capture));
     let outputs = Outputs {
         events,
@@ -229,6 +223,7 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         requests_tx,
     );
+    pipeline.destinations = Destinations::from_config(&config.destinations);
     pipeline.alerter = Some(Alerter::new(
         &config,
         novelty,

@@ -396,3 +396,46 @@ fn a_libssl_loaded_while_running_is_probed() {
         ]
     );
 }
+
+#[test]
+fn third_party_mode_probes_the_caller_not_the_inbound_server() {
+    if !can_run("third_party_mode_probes_the_caller_not_the_inbound_server") {
+        return;
+    }
+    let api = ThirdParty::start();
+    let dir = tests::scratch("third-party-mode");
+    let config = dir.join("apimon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\ntls_probe = \"third_party\"\n[alerts]\nstate_dir = \"{}\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .expect("config");
+    let agent = Agent::start_with(&["--config", config.to_str().expect("utf-8 path")]);
+    // python starts slowly enough for its probes to be in before its first call.
+    let pid = run_client(&mut python(&api, "post", &["tls"]));
+    let metrics = agent.scrape();
+    let events = agent.stop();
+
+    assert_eq!(
+        shapes(&calls_of(&events, pid)),
+        vec![
+            expect("POST", "/v1/items", 201, "egress", true),
+            expect("GET", "/v1/items/7", 200, "egress", true)
+        ]
+    );
+    // The API server only answers inbound calls: it is never probed, so its TLS side is not
+    // decrypted (its plaintext side would still be seen).
+    assert!(
+        calls_of(&events, api.server_pid()).is_empty(),
+        "the inbound-only server was probed"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("apimon_tls_probed_processes ")),
+        "{metrics}"
+    );
+}

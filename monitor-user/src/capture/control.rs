@@ -1,6 +1,7 @@
-//! The control thread: owns the loaded programs and the maps userspace writes. It attaches TLS
-//! probes to new files, finds connections open before start, answers lookups in /proc, mutes
-//! connections the pipeline gave up on, and exports the kernel's drop counters.
+//! The control thread: owns the loaded programs and the maps userspace writes. It decides which
+//! processes get TLS probes and attaches them, finds connections open before start, answers
+//! lookups in /proc, mutes connections the pipeline gave up on, and exports the kernel's drop
+//! counters.
 
 use std::{
     collections::HashMap,
@@ -25,11 +26,14 @@ use crate::output::metrics::Metrics;
 pub enum Request {
     /// A process executed a program (`exec`) or mapped an executable file: look for OpenSSL.
     Scan { pid: u32, exec: bool },
+    /// A process opened a connection to a third party (`third_party`), or to an internal
+    /// peer or from a client of its own. Sent once per process and kind.
+    Peer { pid: u32, third_party: bool },
     /// Find out where an unverified connection goes, or that it is not TCP.
     Resolve { pid: u32, fd: u32, conn_id: u64 },
     /// Stop forwarding a connection's bytes.
     Mute { pid: u32, fd: u32, conn_id: u64 },
-    /// A process exited: drop what the kernel still holds for these fds.
+    /// A process exited: drop what the kernel still holds for these fds, and its probes.
     Forget { pid: u32, fds: Vec<u32> },
 }
 
@@ -57,18 +61,45 @@ const LOST_REASONS: [(u32, &str); 6] = [
     (counter::READ_FAILED, "read_failed"),
 ];
 
+/// Which processes get TLS probes (see `config::TlsProbe`).
+#[derive(Clone, Debug, Default)]
+pub struct TlsPolicy {
+    /// Every process using OpenSSL, not only those that talk to third parties.
+    pub all: bool,
+    /// Processes always probed, by `comm` or executable path.
+    pub processes: Vec<String>,
+    /// Extra files to inspect for OpenSSL at start.
+    pub paths: Vec<std::path::PathBuf>,
+}
+
+/// What the control thread knows of a process, for TLS probing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Interest {
+    /// A new program, probed until its first connection says otherwise: a short-lived client
+    /// is covered from its first call, before the probes could follow its connect.
+    Provisional,
+    /// Talks to a third party, or is configured: probed until it exits.
+    Wanted,
+    /// Its first peer was internal, or it served a client: not probed.
+    Quiet,
+}
+
 /// The control thread's state.
 pub struct Control {
     pub ebpf: aya::Ebpf,
     pub fds: aya::maps::HashMap<MapData, FdKey, ConnState>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// `tgid -> 1` for probed processes (the kernel skips TLS bookkeeping for the others).
+    pub probed: aya::maps::HashMap<MapData, u32, u8>,
     pub tls: Option<TlsAttacher>,
-    pub tls_paths: Vec<std::path::PathBuf>,
+    pub policy: TlsPolicy,
     pub metrics: Arc<Metrics>,
+    interest: HashMap<u32, Interest>,
     /// Counter sums already exported, to turn them into increments.
     exported: [u64; counter::COUNT as usize],
-    /// Pending scans: when, and how many follow-up scans after that.
-    scans: HashMap<u32, (Instant, u8)>,
+    /// Pending scans: when, how many follow-up scans after that, and whether this one reads
+    /// files never seen (follow-ups do).
+    scans: HashMap<u32, (Instant, u8, bool)>,
     next_id: u64,
 }
 
@@ -81,26 +112,27 @@ impl std::fmt::Debug for Control {
 }
 
 impl Control {
-    /// `tls_paths`: extra files to probe for OpenSSL, or `None` to capture no TLS plaintext.
+    /// `policy`: which processes get TLS probes, or `None` to capture no TLS plaintext.
     #[must_use]
     pub fn new(
-        ebpf: aya::Ebpf,
-        fds: aya::maps::HashMap<MapData, FdKey, ConnState>,
-        counters: PerCpuArray<MapData, u64>,
-        tls_paths: Option<Vec<std::path::PathBuf>>,
+        kernel: super::loader::Kernel,
+        policy: Option<TlsPolicy>,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            ebpf,
-            fds,
-            counters,
-            tls: tls_paths.is_some().then(TlsAttacher::new),
-            tls_paths: tls_paths.unwrap_or_default(),
+    ) -> (Self, aya::maps::RingBuf<MapData>) {
+        let control = Self {
+            ebpf: kernel.ebpf,
+            fds: kernel.fds,
+            counters: kernel.counters,
+            probed: kernel.probed,
+            tls: policy.is_some().then(TlsAttacher::new),
+            policy: policy.unwrap_or_default(),
             metrics,
+            interest: HashMap::new(),
             exported: [0; counter::COUNT as usize],
             scans: HashMap::new(),
             next_id: 0,
-        }
+        };
+        (control, kernel.ring)
     }
 
     /// Runs until `stop`; dropping `self` at the end detaches every program.
@@ -135,24 +167,42 @@ impl Control {
         info!("detaching every program");
     }
 
-    /// Start-up: probe TLS libraries, then find connections already open.
+    /// Start-up: inspect TLS libraries, probe configured processes, then find connections
+    /// already open (those to third parties get their processes probed through the pipeline).
     fn start(&mut self, notices: &Sender<Notice>) {
         if let Some(tls) = self.tls.as_mut() {
+            super::probe_events::remove_stale();
             let mut paths = super::tls::default_candidates();
-            paths.extend(self.tls_paths.iter().cloned());
+            paths.extend(self.policy.paths.iter().cloned());
             for p in paths {
-                tls.attach_path(&mut self.ebpf, &p);
+                if self.policy.all {
+                    tls.probe_path_everywhere(&mut self.ebpf, &p);
+                } else {
+                    tls.inspect_path(&p);
+                }
             }
             let me = std::process::id();
             for pid in super::procfs::pids() {
-                if pid != me {
-                    tls.scan_pid(&mut self.ebpf, pid);
+                if pid == me {
+                    continue;
+                }
+                if let Some(tls) = self.tls.as_mut() {
+                    if self.policy.all {
+                        tls.probe_everywhere(&mut self.ebpf, pid);
+                        continue;
+                    }
+                    tls.inspect_pid(pid);
+                }
+                if self.configured(pid) {
+                    self.interest.insert(pid, Interest::Wanted);
+                    self.probe(pid, true);
                 }
             }
             self.publish_tls();
         }
         let found = backfill::scan(std::process::id(), &mut self.next_id);
         let mut conns = 0;
+        let mut clients = Vec::new();
         for f in found {
             // NOEXIST: a connection the kernel saw open meanwhile is already more precise.
             if self.fds.insert(f.key, f.state, BPF_NOEXIST).is_err() {
@@ -160,8 +210,26 @@ impl Control {
             }
             if let Some(opened) = f.opened {
                 conns += 1;
+                if opened.role != super::records::Role::Server
+                    && opened.remote.is_some_and(|r| !r.ip().is_loopback())
+                {
+                    clients.push(opened.pid);
+                }
                 let _ = notices.send(Notice::Opened(opened));
             }
+        }
+        // Processes already talking to a remote peer are probed before `ready`, so that their
+        // next call is seen; the pipeline's verdict on the peer follows and may unprobe them.
+        if !self.policy.all {
+            clients.sort_unstable();
+            clients.dedup();
+            for pid in clients {
+                self.interest.entry(pid).or_insert(Interest::Provisional);
+                if self.wants_probes(pid) {
+                    self.probe(pid, true);
+                }
+            }
+            self.publish_tls();
         }
         info!("found {conns} TCP connections open before start");
         let _ = notices.send(Notice::Ready);
@@ -170,16 +238,34 @@ impl Control {
     fn handle(&mut self, request: Request, notices: &Sender<Notice>) {
         match request {
             Request::Scan { pid, exec } => {
-                // A library was just mapped: look at once, the process may use it within
-                // milliseconds. Right after exec the loader has not mapped the libraries yet:
-                // look now and twice more. Files already seen cost a map lookup each.
-                let now = Instant::now();
-                let entry = self.scans.entry(pid).or_insert((now, 0));
-                entry.0 = now;
-                if exec {
-                    entry.1 = 2;
+                if self.tls.is_none() {
+                    return;
                 }
-                self.run_due_scans();
+                if exec && !self.policy.all {
+                    let interest = if self.configured(pid) {
+                        Interest::Wanted
+                    } else {
+                        Interest::Provisional
+                    };
+                    self.interest.insert(pid, interest);
+                    // A program known to use OpenSSL: probe it now, before it maps the files.
+                    if self.probe_with(pid, |tls, ebpf| tls.probe_at_exec(ebpf, pid)) > 0 {
+                        self.publish_tls();
+                    }
+                }
+                if !self.wants_probes(pid) {
+                    return;
+                }
+                // A library was just mapped: look as soon as the requests waiting now are
+                // read (a program start maps dozens of files in a burst: one look serves
+                // them all), the process may use it within milliseconds. Right after exec
+                // the loader has not mapped the libraries yet: look now and twice more.
+                let now = Instant::now();
+                let entry = self.scans.entry(pid).or_insert((now, 0, false));
+                entry.0 = now;
+                // Files never seen are read on the follow-up looks, not now: that takes
+                // milliseconds each, and the libssl most processes load is known already.
+                entry.1 = entry.1.max(if exec { 2 } else { 1 });
             }
             Request::Resolve { pid, fd, conn_id } => {
                 let remote = backfill::resolve(pid, fd);
@@ -199,12 +285,104 @@ impl Control {
                     let _ = self.fds.insert(key, st, BPF_EXIST);
                 }
             }
+            Request::Peer { pid, third_party } => self.peer(pid, third_party),
             Request::Forget { pid, fds } => {
                 for fd in fds {
                     let _ = self.fds.remove(&FdKey { tgid: pid, fd });
                 }
+                self.interest.remove(&pid);
+                self.scans.remove(&pid);
+                self.unprobe(pid);
             }
         }
+    }
+
+    /// Whether the configuration names `pid` for probes.
+    fn configured(&self, pid: u32) -> bool {
+        if self.policy.processes.is_empty() {
+            return false;
+        }
+        let comm = super::procfs::comm(pid);
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        self.policy.processes.iter().any(|p| {
+            comm.as_deref() == Some(p.as_str()) || exe.as_deref() == Some(std::path::Path::new(p))
+        })
+    }
+
+    fn wants_probes(&self, pid: u32) -> bool {
+        self.policy.all
+            || matches!(
+                self.interest.get(&pid),
+                Some(Interest::Provisional | Interest::Wanted)
+            )
+    }
+
+    /// What a process's connection says about probing it.
+    fn peer(&mut self, pid: u32, third_party: bool) {
+        if self.tls.is_none() || self.policy.all {
+            return;
+        }
+        let before = self.interest.get(&pid).copied();
+        if third_party {
+            self.interest.insert(pid, Interest::Wanted);
+            if before != Some(Interest::Wanted) && before != Some(Interest::Provisional) {
+                // Its TLS calls until the probes are in are not seen: say so.
+                if self.probe(pid, true) > 0 {
+                    self.metrics.tls_late.inc();
+                }
+                self.publish_tls();
+            }
+        } else if before == Some(Interest::Provisional) || before.is_none() {
+            self.interest.insert(pid, Interest::Quiet);
+            if self.unprobe(pid) {
+                debug!("pid {pid}: first peer internal or inbound, TLS probes removed");
+                self.publish_tls();
+            }
+        }
+    }
+
+    /// Attaches `pid`'s probes to whatever OpenSSL it maps and it lacks (with `tls_probe =
+    /// "all"`: probes those files in every process).
+    fn probe(&mut self, pid: u32, inspect: bool) -> usize {
+        if self.policy.all {
+            return self
+                .tls
+                .as_mut()
+                .map_or(0, |tls| tls.probe_everywhere(&mut self.ebpf, pid));
+        }
+        self.probe_with(pid, |tls, ebpf| tls.probe(ebpf, pid, inspect))
+    }
+
+    /// Runs `attach` for `pid`; the kernel learns the process is probed first, so that no call
+    /// of it finds the bookkeeping missing.
+    fn probe_with(
+        &mut self,
+        pid: u32,
+        attach: impl FnOnce(&mut TlsAttacher, &mut aya::Ebpf) -> usize,
+    ) -> usize {
+        let Some(tls) = self.tls.as_mut() else {
+            return 0;
+        };
+        let was = tls.is_probed(pid);
+        if !was && let Err(e) = self.probed.insert(pid, 1, 0) {
+            warn!("marking pid {pid} probed: {e}");
+        }
+        let n = attach(tls, &mut self.ebpf);
+        if !was && !tls.is_probed(pid) {
+            let _ = self.probed.remove(&pid);
+        }
+        n
+    }
+
+    fn unprobe(&mut self, pid: u32) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return false;
+        };
+        let done = tls.unprobe(pid);
+        if done {
+            let _ = self.probed.remove(&pid);
+        }
+        done
     }
 
     fn forget(&mut self, pid: u32, fd: u32, conn_id: u64) {
@@ -218,7 +396,7 @@ impl Control {
         let now = Instant::now();
         self.scans
             .values()
-            .map(|(at, _)| at.saturating_duration_since(now))
+            .map(|(at, _, _)| at.saturating_duration_since(now))
             .min()
     }
 
@@ -227,25 +405,25 @@ impl Control {
         let due: Vec<u32> = self
             .scans
             .iter()
-            .filter(|(_, (at, _))| *at <= now)
+            .filter(|(_, (at, _, _))| *at <= now)
             .map(|(p, _)| *p)
             .collect();
         if due.is_empty() {
             return;
         }
         for pid in due {
-            let Some((_, followups)) = self.scans.remove(&pid) else {
+            let Some((_, followups, inspect)) = self.scans.remove(&pid) else {
                 continue;
             };
-            if let Some(tls) = self.tls.as_mut() {
-                let n = tls.scan_pid(&mut self.ebpf, pid);
+            if self.wants_probes(pid) {
+                let n = self.probe(pid, inspect);
                 if n > 0 {
                     debug!("pid {pid}: {n} new files carrying OpenSSL");
                 }
             }
             if followups > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists() {
                 self.scans
-                    .insert(pid, (now + Duration::from_millis(150), followups - 1));
+                    .insert(pid, (now + Duration::from_millis(150), followups - 1, true));
             }
         }
         self.publish_tls();
@@ -256,7 +434,10 @@ impl Control {
             let s = tls.stats();
             self.metrics
                 .tls_files
-                .set(i64::try_from(s.attached_files).unwrap_or(i64::MAX));
+                .set(i64::try_from(s.files).unwrap_or(i64::MAX));
+            self.metrics
+                .tls_processes
+                .set(i64::try_from(s.processes).unwrap_or(i64::MAX));
             let reported = self.metrics.tls_failures.get();
             self.metrics
                 .tls_failures

@@ -39,16 +39,7 @@ pub enum ElfError {
 /// Looks up OpenSSL's functions in the ELF file at `path`. Only defined symbols count: an
 /// executable that merely imports `SSL_write` from libssl does not carry it.
 pub fn openssl_symbols(path: &Path) -> Result<OpensslSymbols, ElfError> {
-    let file = File::open(path).map_err(|source| ElfError::Open {
-        path: path.display().to_string(),
-        source,
-    })?;
-    // SAFETY: the mapping is read-only and dropped before return; a file changed underneath
-    // could at worst give wrong offsets, which the kernel then rejects or which miss calls.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ElfError::Open {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let map = map(path)?;
     let obj = object::File::parse(&*map).map_err(|source| ElfError::Parse {
         path: path.display().to_string(),
         source,
@@ -86,6 +77,43 @@ pub fn openssl_symbols(path: &Path) -> Result<OpensslSymbols, ElfError> {
     Ok(found)
 }
 
+/// The libraries an ELF file names as needed (`DT_NEEDED`), by soname. Files without a
+/// dynamic section (static executables) need none.
+pub fn needed(path: &Path) -> Result<Vec<String>, ElfError> {
+    use object::read::elf::{Dyn as _, ElfFile64};
+    let map = map(path)?;
+    let parse = |source| ElfError::Parse {
+        path: path.display().to_string(),
+        source,
+    };
+    let elf = ElfFile64::<object::Endianness>::parse(&*map).map_err(parse)?;
+    let endian = elf.endian();
+    let sections = elf.elf_section_table();
+    let Some((dyns, link)) = sections.dynamic(endian, &*map).map_err(parse)? else {
+        return Ok(Vec::new());
+    };
+    let strings = sections.strings(endian, &*map, link).map_err(parse)?;
+    Ok(dyns
+        .iter()
+        .filter(|d| d.tag32(endian) == Some(object::elf::DT_NEEDED as i32))
+        .filter_map(|d| d.string(endian, strings).ok())
+        .map(|name| String::from_utf8_lossy(name).into_owned())
+        .collect())
+}
+
+/// The file at `path`, mapped read-only.
+fn map(path: &Path) -> Result<memmap2::Mmap, ElfError> {
+    let open = |source| ElfError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = File::open(path).map_err(open)?;
+    // SAFETY: the mapping is read-only and dropped by the caller before it returns; a file
+    // changed underneath could at worst give wrong offsets, which the kernel then rejects or
+    // which miss calls.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(open)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +131,13 @@ mod tests {
         let s = openssl_symbols(path).expect("libssl parses");
         assert!(s.usable(), "{s:?}");
         assert!(s.ssl_write_ex.is_some() && s.ssl_read_ex.is_some());
+    }
+
+    #[test]
+    fn needed_lists_sonames() {
+        let own = needed(Path::new("/proc/self/exe")).expect("own binary parses");
+        assert!(own.iter().any(|n| n.starts_with("libc.so")), "{own:?}");
+        assert!(needed(Path::new("/proc/self/status")).is_err());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum LoadError {
 pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     pub wakeup_bytes: u64,
+    /// Every process's OpenSSL calls are probed (per file), not only those userspace marks.
+    pub probe_all: bool,
     /// Load (and so verify) every program without attaching anything (`apimon check`).
     pub verify_only: bool,
 }
@@ -53,6 +55,8 @@ pub struct Kernel {
     pub ring: RingBuf<MapData>,
     pub fds: HashMap<MapData, FdKey, ConnState>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// Processes whose OpenSSL calls are probed.
+    pub probed: HashMap<MapData, u32, u8>,
     /// Tracepoints attached.
     pub tracepoints: usize,
     /// Programs loaded (accepted by the verifier).
@@ -84,6 +88,7 @@ pub fn load(options: LoadOptions) -> Result<Kernel, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global("SELF_TGID", &pid, true)
         .override_global("WAKEUP_BYTES", &options.wakeup_bytes, true)
+        .override_global("PROBE_ALL", &u8::from(options.probe_all), true)
         .map_max_entries(common::maps::EVENTS, options.ring_buffer_bytes)
         .load(OBJECT)
         .map_err(|e| LoadError::Object(Box::new(e)))?;
@@ -145,11 +150,17 @@ pub fn load(options: LoadOptions) -> Result<Kernel, LoadError> {
             .ok_or(LoadError::Map("COUNTERS"))?,
     )
     .map_err(|_wrong_type| LoadError::Map("COUNTERS"))?;
+    let probed = HashMap::try_from(
+        ebpf.take_map(common::maps::PROBED)
+            .ok_or(LoadError::Map("PROBED"))?,
+    )
+    .map_err(|_wrong_type| LoadError::Map("PROBED"))?;
     Ok(Kernel {
         ebpf,
         ring,
         fds,
         counters,
+        probed,
         tracepoints,
         programs,
     })

@@ -6,6 +6,8 @@ pub mod control;
 pub mod elf;
 pub mod host;
 pub mod loader;
+pub mod probe_events;
 pub mod procfs;
+pub mod reaper;
 pub mod records;
 pub mod tls;

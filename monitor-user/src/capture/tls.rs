@@ -1,10 +1,17 @@
-//! Attaches the OpenSSL uprobes to every file that carries OpenSSL: system libssl at start,
-//! and whatever processes map later (containers' own libssl, node's static OpenSSL). Each file
-//! is attached once, by identity (device, inode), whatever path or process it is seen through.
+//! Attaches the OpenSSL uprobes to the processes worth probing, one process at a time.
+//!
+//! A uprobe costs a trap on every call wherever it is installed, so probes are attached per
+//! process (the kernel then installs the breakpoint in that process's memory only), never to
+//! every process mapping a library: a TLS server nobody asked about pays nothing. Which
+//! processes are probed is the control thread's decision; this module finds the OpenSSL
+//! functions in the files a process maps (each file inspected once, by identity) and keeps
+//! every process's probes until it is unprobed or exits.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
+    num::NonZeroU32,
+    os::fd::{AsFd as _, OwnedFd},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -13,45 +20,72 @@ use aya::{
     Ebpf,
     programs::{
         UProbe,
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope},
     },
 };
 use tracing::{debug, info, warn};
 
-use super::{elf, procfs};
+use super::{elf, probe_events::ProbeEvent, procfs, reaper::Reaper};
 
 /// A file's identity: the same library seen through two paths or two mount namespaces is
-/// one file, and gets one set of probes.
+/// one file, inspected once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileId {
     pub dev: u64,
     pub inode: u64,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 enum FileState {
-    Attached {
-        path: PathBuf,
-        links: Vec<(&'static str, UProbeLinkId)>,
-    },
+    Openssl(elf::OpensslSymbols),
     /// Carries no OpenSSL functions (most files): never looked at again.
     NoOpenssl,
-    /// Could not be read or attached; not retried.
+    /// Could not be read; not retried.
     Failed,
+}
+
+/// The probes of one process.
+#[derive(Debug, Default)]
+struct Probed {
+    /// One perf event per probed function: each puts the process in that uprobe's filter.
+    links: Vec<OwnedFd>,
+    files: HashSet<FileId>,
 }
 
 /// Counts of what the attacher did, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TlsStats {
-    pub attached_files: usize,
+    /// Processes with probes attached.
+    pub processes: usize,
+    /// Distinct files carrying OpenSSL probed in at least one process.
+    pub files: usize,
+    /// uprobes attached, over all processes.
     pub probes: usize,
     pub failures: u64,
 }
 
-/// The uprobe programs and which symbol each goes on.
-const PROBES: [(&str, Symbol); 8] = [
+/// The uprobe programs and which symbol each goes on, in a shared libssl. Writes have no
+/// return probe: their plaintext is all in the arguments (see monitor-ebpf/src/openssl.rs).
+const PROBES: [(&str, Symbol); 6] = [
     ("ssl_write", Symbol::Write),
     ("ssl_write_ex", Symbol::WriteEx),
+    ("ssl_read", Symbol::Read),
+    ("ssl_read_ex", Symbol::ReadEx),
+    ("ssl_read_ret", Symbol::Read),
+    ("ssl_read_ret", Symbol::ReadEx),
+];
+
+/// Whether libssl's writes are probed at entry only. Off: the entry-only path misses the
+/// first write of a connection in live tests (under investigation), so every file gets the
+/// return probe on writes for now.
+const ENTRY_ONLY_WRITES: bool = false;
+
+/// The same for a program that links OpenSSL statically (node, bun, deno): those feed OpenSSL
+/// from memory and repeat an SSL_write that failed during the handshake, which only the
+/// return tells.
+const STATIC_PROBES: [(&str, Symbol); 8] = [
+    ("ssl_write_returned", Symbol::Write),
+    ("ssl_write_ex_returned", Symbol::WriteEx),
     ("ssl_write_ret", Symbol::Write),
     ("ssl_write_ret", Symbol::WriteEx),
     ("ssl_read", Symbol::Read),
@@ -79,11 +113,45 @@ impl Symbol {
     }
 }
 
-/// Every file looked at, and the probes attached to those that carry OpenSSL.
-#[derive(Debug, Default)]
+/// Owned links (detached when dropped, see [`Reaper`]).
+type Links = Vec<UProbeLink>;
+
+/// Most libraries followed when looking for a program's libssl.
+const MAX_NEEDED: usize = 256;
+
+/// Where ld.so finds libraries by default on the common distributions.
+const LIB_DIRS: [&str; 8] = [
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+];
+
+/// Most programs remembered as OpenSSL users (see [`TlsAttacher::probe_at_exec`]).
+const MAX_PROGRAMS: usize = 4096;
+
+/// Every file looked at, and the probes of every probed process.
+#[derive(Debug)]
 pub struct TlsAttacher {
     files: HashMap<FileId, FileState>,
+    /// Where each file carrying OpenSSL was seen, to probe it before a new process maps it.
+    shown: HashMap<FileId, String>,
+    procs: HashMap<u32, Probed>,
+    /// Files probed in every process (`tls_probe = "all"`).
+    everywhere: HashMap<FileId, Links>,
+    /// The uprobes of each file probed per process, shared by those processes.
+    shared: HashMap<FileId, Vec<ProbeEvent>>,
+    /// Programs (by executable) seen using OpenSSL, and the files they mapped: a new run of
+    /// one is probed at exec, before it maps them, because installing a process's first
+    /// uprobe waits for an RCU grace period (tens of milliseconds), time in which a client
+    /// like curl has already sent its request.
+    programs: HashMap<FileId, Vec<FileId>>,
     failures: u64,
+    reaper: Reaper,
 }
 
 /// `fd:01` (as /proc/PID/maps prints a device) -> the st_dev encoding.
@@ -96,116 +164,380 @@ pub fn parse_dev(text: &str) -> Option<u64> {
 }
 
 impl TlsAttacher {
+    /// Starts with nothing known; detaching happens on a thread of its own.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
+}
 
-    /// What has been attached so far.
+impl Default for TlsAttacher {
+    fn default() -> Self {
+        Self {
+            files: HashMap::new(),
+            shown: HashMap::new(),
+            procs: HashMap::new(),
+            everywhere: HashMap::new(),
+            shared: HashMap::new(),
+            programs: HashMap::new(),
+            failures: 0,
+            reaper: Reaper::start(),
+        }
+    }
+}
+
+impl TlsAttacher {
+    /// What is attached now.
     #[must_use]
     pub fn stats(&self) -> TlsStats {
-        let mut s = TlsStats {
+        let mut files: HashSet<FileId> = self.everywhere.keys().copied().collect();
+        let mut probes = self.everywhere.values().map(Vec::len).sum();
+        for p in self.procs.values() {
+            files.extend(p.files.iter().copied());
+            probes += p.links.len();
+        }
+        TlsStats {
+            processes: self.procs.len(),
+            files: files.len(),
+            probes,
             failures: self.failures,
-            ..TlsStats::default()
+        }
+    }
+
+    /// Whether `pid` has probes attached.
+    #[must_use]
+    pub fn is_probed(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
+    /// Processes with probes attached.
+    pub fn probed(&self) -> impl Iterator<Item = u32> + '_ {
+        self.procs.keys().copied()
+    }
+
+    /// Probes every file carrying OpenSSL that `pid` maps and is not probed in it yet (call
+    /// again after the process maps more). `inspect`: also read the symbols of files never
+    /// seen, which takes milliseconds per file; without it only files already known to carry
+    /// OpenSSL are probed, at once. Returns how many files got probes.
+    pub fn probe(&mut self, ebpf: &mut Ebpf, pid: u32, inspect: bool) -> usize {
+        let Some(target) = NonZeroU32::new(pid) else {
+            return 0;
         };
-        for state in self.files.values() {
-            if let FileState::Attached { links, .. } = state {
-                s.attached_files += 1;
-                s.probes += links.len();
+        let mut todo = Vec::new();
+        for (id, path) in mapped(pid) {
+            if !self.procs.get(&pid).is_some_and(|p| p.files.contains(&id)) {
+                todo.push((id, path));
             }
         }
-        s
-    }
-
-    /// Paths of the files attached, for logs and `check`.
-    #[must_use]
-    pub fn attached_paths(&self) -> Vec<PathBuf> {
-        self.files
-            .values()
-            .filter_map(|s| match s {
-                FileState::Attached { path, .. } => Some(path.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Looks at every executable file `pid` maps. Returns how many files got probes.
-    pub fn scan_pid(&mut self, ebpf: &mut Ebpf, pid: u32) -> usize {
+        // Files already known to carry OpenSSL first: the process may be about to call it,
+        // and reading the symbols of the others takes milliseconds.
+        todo.sort_by_key(|(id, _)| !matches!(self.files.get(id), Some(FileState::Openssl(_))));
         let mut attached = 0;
-        for m in procfs::exec_mappings(pid) {
-            let Some(dev) = parse_dev(&m.dev) else {
-                continue;
-            };
-            let id = FileId {
-                dev,
-                inode: m.inode,
-            };
-            if self.files.contains_key(&id) {
+        for (id, shown) in todo {
+            if !inspect && !self.files.contains_key(&id) {
                 continue;
             }
             // Through the process's root, so that a container's own files are reached.
-            let path = procfs::in_root(pid, &m.path);
-            if self.consider(ebpf, id, &path, &m.path) {
+            let path = procfs::in_root(pid, &shown);
+            let Some(symbols) = self.inspect(id, &path, &shown) else {
+                continue;
+            };
+            if self.attach(ebpf, target, id, &symbols, &path, &shown) {
                 attached += 1;
+            }
+        }
+        if attached > 0 {
+            info!("TLS: probing pid {pid} ({attached} files carrying OpenSSL)");
+            if let Some(p) = self.procs.get(&pid) {
+                let files: Vec<FileId> = p.files.iter().copied().collect();
+                self.learn(pid, files);
             }
         }
         attached
     }
 
-    /// Looks at a file by path (system libraries at start, configured binaries).
-    pub fn attach_path(&mut self, ebpf: &mut Ebpf, path: &Path) -> bool {
-        let Ok(meta) = fs::metadata(path) else {
-            return false;
+    /// Probes a process that just executed a program known to use OpenSSL, in the files that
+    /// program mapped before (each checked to be that very file in the process's root).
+    /// Returns how many files got probes.
+    pub fn probe_at_exec(&mut self, ebpf: &mut Ebpf, pid: u32) -> usize {
+        let (Some(target), Some(exe)) = (NonZeroU32::new(pid), exe_id(pid)) else {
+            return 0;
         };
-        let id = FileId {
-            dev: meta.dev(),
-            inode: meta.ino(),
-        };
-        if self.files.contains_key(&id) {
-            return false;
-        }
-        let shown = path.display().to_string();
-        self.consider(ebpf, id, path, &shown)
-    }
-
-    fn consider(&mut self, ebpf: &mut Ebpf, id: FileId, path: &Path, shown: &str) -> bool {
-        let symbols = match elf::openssl_symbols(path) {
-            Ok(s) if s.usable() => s,
-            Ok(_) => {
-                self.files.insert(id, FileState::NoOpenssl);
-                return false;
-            }
-            Err(e) => {
-                debug!("not probing {shown}: {e}");
-                self.files.insert(id, FileState::Failed);
-                return false;
+        let files = match self.programs.get(&exe) {
+            Some(files) => files.clone(),
+            None => {
+                let files = self.openssl_needed(pid);
+                if self.programs.len() < MAX_PROGRAMS {
+                    self.programs.insert(exe, files.clone());
+                }
+                files
             }
         };
-        let mut links = Vec::new();
-        for (program, symbol) in PROBES {
-            let Some(offset) = symbol.offset(&symbols) else {
+        let mut attached = 0;
+        for id in files {
+            let (Some(FileState::Openssl(symbols)), Some(shown)) =
+                (self.files.get(&id).copied(), self.shown.get(&id).cloned())
+            else {
                 continue;
             };
-            match attach_one(ebpf, program, offset, path) {
-                Ok(link) => links.push((program, link)),
+            if self.procs.get(&pid).is_some_and(|p| p.files.contains(&id)) {
+                continue;
+            }
+            let path = procfs::in_root(pid, &shown);
+            // The offsets belong to that file: a different one at the same path (a container's,
+            // an upgraded package) must not get a breakpoint in the middle of an instruction.
+            if file_id(&path) != Some(id) {
+                continue;
+            }
+            if self.attach(ebpf, target, id, &symbols, &path, &shown) {
+                attached += 1;
+            }
+        }
+        if attached > 0 {
+            debug!("TLS: probing pid {pid} at exec ({attached} files carrying OpenSSL)");
+        }
+        attached
+    }
+
+    /// Probes, in every process, each file carrying OpenSSL that `pid` maps and that is not
+    /// probed yet (`tls_probe = "all"`). Returns how many files got probes.
+    pub fn probe_everywhere(&mut self, ebpf: &mut Ebpf, pid: u32) -> usize {
+        let mut attached = 0;
+        for (id, shown) in mapped(pid) {
+            if !self.everywhere.contains_key(&id) {
+                attached += usize::from(self.attach_everywhere(
+                    ebpf,
+                    id,
+                    &procfs::in_root(pid, &shown),
+                    &shown,
+                ));
+            }
+        }
+        attached
+    }
+
+    /// Probes a file named ahead of time (`tls_paths`, the usual libssl) in every process.
+    pub fn probe_path_everywhere(&mut self, ebpf: &mut Ebpf, path: &Path) {
+        if let Some(id) = file_id(path)
+            && !self.everywhere.contains_key(&id)
+        {
+            self.attach_everywhere(ebpf, id, path, &path.display().to_string());
+        }
+    }
+
+    fn attach_everywhere(&mut self, ebpf: &mut Ebpf, id: FileId, path: &Path, shown: &str) -> bool {
+        let Some(symbols) = self.inspect(id, path, shown) else {
+            return false;
+        };
+        match self.links(ebpf, &symbols, path, shown) {
+            Some(links) => {
+                info!("TLS: probing OpenSSL in {shown} in every process");
+                self.everywhere.insert(id, links);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The files carrying OpenSSL that `pid`'s program needs, directly or through another
+    /// library (curl needs libcurl, which needs libssl), found the way ld.so would in the
+    /// process's root. Only dynamic sections are read, except for libssl's symbols.
+    fn openssl_needed(&mut self, pid: u32) -> Vec<FileId> {
+        let mut found = Vec::new();
+        let mut seen = HashSet::new();
+        let mut queue = vec![PathBuf::from(format!("/proc/{pid}/exe"))];
+        while let Some(path) = queue.pop() {
+            let Ok(names) = elf::needed(&path) else {
+                continue;
+            };
+            for name in names {
+                if seen.len() >= MAX_NEEDED || !seen.insert(name.clone()) {
+                    continue;
+                }
+                let Some((shown, path)) = LIB_DIRS.iter().find_map(|dir| {
+                    let shown = format!("{dir}/{name}");
+                    let path = procfs::in_root(pid, &shown);
+                    path.exists().then_some((shown, path))
+                }) else {
+                    continue;
+                };
+                if !name.starts_with("libssl") {
+                    queue.push(path);
+                    continue;
+                }
+                if let Some(id) = file_id(&path)
+                    && self.inspect(id, &path, &shown).is_some()
+                {
+                    found.push(id);
+                }
+            }
+        }
+        found
+    }
+
+    /// Remembers which files carrying OpenSSL `pid`'s program maps.
+    fn learn(&mut self, pid: u32, files: Vec<FileId>) {
+        let Some(exe) = exe_id(pid) else {
+            return;
+        };
+        if self.programs.len() < MAX_PROGRAMS || self.programs.contains_key(&exe) {
+            self.programs.insert(exe, files);
+        }
+    }
+
+    /// Reads the symbols of every file `pid` maps, attaching nothing: done for every process at
+    /// start so that probing one later costs no ELF parsing.
+    pub fn inspect_pid(&mut self, pid: u32) {
+        let mut openssl = Vec::new();
+        for (id, shown) in mapped(pid) {
+            if self
+                .inspect(id, &procfs::in_root(pid, &shown), &shown)
+                .is_some()
+            {
+                openssl.push(id);
+            }
+        }
+        if !openssl.is_empty() {
+            self.learn(pid, openssl);
+        }
+    }
+
+    fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        target: NonZeroU32,
+        id: FileId,
+        symbols: &elf::OpensslSymbols,
+        path: &Path,
+        shown: &str,
+    ) -> bool {
+        if !self.shared.contains_key(&id) {
+            let Some(events) = self.events(ebpf, symbols, path, shown) else {
+                return false;
+            };
+            self.shared.insert(id, events);
+        }
+        let pid = target.get();
+        let mut fds = Vec::new();
+        for event in self.shared.get(&id).into_iter().flatten() {
+            match event.open(pid) {
+                Ok(fd) => fds.push(fd),
                 Err(e) => {
-                    warn!("cannot attach {program} to {shown} at {offset:#x}: {e:#}");
-                    self.failures += 1;
-                    detach_all(ebpf, links);
-                    self.files.insert(id, FileState::Failed);
+                    // The process may have exited meanwhile: not worth a warning then.
+                    if Path::new(&format!("/proc/{pid}")).exists() {
+                        warn!("cannot probe {shown} in pid {pid}: {e}");
+                        self.failures += 1;
+                    }
+                    self.reaper.detach(fds);
                     return false;
                 }
             }
         }
-        info!("TLS: probing OpenSSL in {shown} ({} probes)", links.len());
-        self.files.insert(
-            id,
-            FileState::Attached {
-                path: PathBuf::from(shown),
-                links,
-            },
-        );
+        debug!("TLS: probing OpenSSL in {shown} for pid {pid}");
+        let p = self.procs.entry(pid).or_default();
+        p.links.extend(fds);
+        p.files.insert(id);
         true
+    }
+
+    /// Creates the uprobes of a file, to be shared by the processes probed in it.
+    fn events(
+        &mut self,
+        ebpf: &Ebpf,
+        symbols: &elf::OpensslSymbols,
+        path: &Path,
+        shown: &str,
+    ) -> Option<Vec<ProbeEvent>> {
+        let mut events = Vec::new();
+        for &(program, symbol) in probe_list(shown) {
+            let Some(offset) = symbol.offset(symbols) else {
+                continue;
+            };
+            let created = (|| {
+                let prog: &UProbe = ebpf
+                    .program(program)
+                    .ok_or_else(|| anyhow::anyhow!("program {program} missing"))?
+                    .try_into()?;
+                let ret = matches!(prog.kind(), aya::programs::ProbeKind::Return);
+                Ok::<_, anyhow::Error>(ProbeEvent::create(path, offset, ret, prog.fd()?.as_fd())?)
+            })();
+            match created {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    warn!("cannot create the uprobe {program} in {shown}: {e:#}");
+                    self.failures += 1;
+                    return None;
+                }
+            }
+        }
+        Some(events)
+    }
+
+    /// Attaches the probes a file needs in every process, all or none.
+    fn links(
+        &mut self,
+        ebpf: &mut Ebpf,
+        symbols: &elf::OpensslSymbols,
+        path: &Path,
+        shown: &str,
+    ) -> Option<Links> {
+        let mut links = Vec::new();
+        for &(program, symbol) in probe_list(shown) {
+            let Some(offset) = symbol.offset(symbols) else {
+                continue;
+            };
+            match attach_one(ebpf, program, offset, path) {
+                Ok(link) => links.push(link),
+                Err(e) => {
+                    warn!("cannot attach {program} to {shown}: {e:#}");
+                    self.failures += 1;
+                    self.reaper.detach(links);
+                    return None;
+                }
+            }
+        }
+        Some(links)
+    }
+
+    /// Detaches every probe of `pid` (it exited, or turned out not to be worth probing).
+    pub fn unprobe(&mut self, pid: u32) -> bool {
+        match self.procs.remove(&pid) {
+            Some(p) => {
+                self.reaper.detach(p.links);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Inspects a file named in the configuration ahead of time, so that its first process
+    /// is probed without parsing it then.
+    pub fn inspect_path(&mut self, path: &Path) {
+        if let Some(id) = file_id(path) {
+            self.inspect(id, path, &path.display().to_string());
+        }
+    }
+
+    /// The OpenSSL functions of a file, read once per file.
+    fn inspect(&mut self, id: FileId, path: &Path, shown: &str) -> Option<elf::OpensslSymbols> {
+        let state = *self
+            .files
+            .entry(id)
+            .or_insert_with(|| match elf::openssl_symbols(path) {
+                Ok(s) if s.usable() => FileState::Openssl(s),
+                Ok(_) => FileState::NoOpenssl,
+                Err(e) => {
+                    debug!("not probing {shown}: {e}");
+                    FileState::Failed
+                }
+            });
+        match state {
+            FileState::Openssl(s) => {
+                self.shown.entry(id).or_insert_with(|| shown.to_owned());
+                Some(s)
+            }
+            FileState::NoOpenssl | FileState::Failed => None,
+        }
     }
 }
 
@@ -214,31 +546,62 @@ fn attach_one(
     program: &str,
     offset: u64,
     path: &Path,
-) -> anyhow::Result<UProbeLinkId> {
+) -> anyhow::Result<UProbeLink> {
     let prog: &mut UProbe = ebpf
         .program_mut(program)
         .ok_or_else(|| anyhow::anyhow!("program {program} missing from the eBPF object"))?
         .try_into()?;
-    Ok(prog.attach(
+    let id = prog.attach(
         UProbeAttachLocation::AbsoluteOffset(offset),
         path,
         UProbeScope::AllProcesses,
-    )?)
+    )?;
+    // Owned, so that it can be detached on the reaper's thread.
+    Ok(prog.take_link(id)?)
 }
 
-fn detach_all(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
-    for (program, link) in links {
-        let prog: Option<&mut UProbe> = ebpf.program_mut(program).and_then(|p| p.try_into().ok());
-        if let Some(prog) = prog
-            && let Err(e) = prog.detach(link)
-        {
-            warn!("detaching {program}: {e}");
-        }
+/// The probes a file gets: a shared libssl can do without the write return probe.
+fn probe_list(shown: &str) -> &'static [(&'static str, Symbol)] {
+    let is_libssl = Path::new(shown)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("libssl"));
+    if is_libssl && ENTRY_ONLY_WRITES {
+        &PROBES
+    } else {
+        &STATIC_PROBES
     }
 }
 
-/// Files that carry OpenSSL on most hosts, probed at start so that a process started later
-/// is covered from its first call: libssl in the system library folders, and runtimes that
+/// A file's identity, following symlinks.
+fn file_id(path: &Path) -> Option<FileId> {
+    fs::metadata(path).ok().map(|m| FileId {
+        dev: m.dev(),
+        inode: m.ino(),
+    })
+}
+
+/// The identity of the program `pid` runs.
+fn exe_id(pid: u32) -> Option<FileId> {
+    file_id(Path::new(&format!("/proc/{pid}/exe")))
+}
+
+/// The executable files `pid` maps, by identity, with the path its maps show.
+fn mapped(pid: u32) -> impl Iterator<Item = (FileId, String)> {
+    procfs::exec_mappings(pid).into_iter().filter_map(|m| {
+        let dev = parse_dev(&m.dev)?;
+        Some((
+            FileId {
+                dev,
+                inode: m.inode,
+            },
+            m.path,
+        ))
+    })
+}
+
+/// Files that carry OpenSSL on most hosts, inspected at start so that the first process to
+/// need probes gets them at once: libssl in the system library folders, and runtimes that
 /// link OpenSSL statically.
 #[must_use]
 pub fn default_candidates() -> Vec<PathBuf> {

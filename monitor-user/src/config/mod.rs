@@ -159,8 +159,29 @@ pub struct CaptureConfig {
     pub response_timeout: Duration,
     /// Capture TLS plaintext through OpenSSL uprobes.
     pub tls: bool,
-    /// Extra files carrying OpenSSL to probe at start (libssl copies, static binaries).
+    /// Extra files carrying OpenSSL to inspect at start (libssl copies, static binaries).
     pub tls_paths: Vec<PathBuf>,
+    /// Which processes get TLS probes.
+    pub tls_probe: TlsProbe,
+    /// Processes probed whatever they talk to, by name (`comm`) or executable path: servers
+    /// whose inbound TLS calls matter, clients that reach third parties through a proxy.
+    pub tls_processes: Vec<String>,
+}
+
+/// Which processes get TLS probes: each probe costs a trap on every call of the process.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsProbe {
+    /// Processes that talk to third parties (new programs are probed from exec until their
+    /// first connection shows otherwise), plus `tls_processes`. TLS servers that only answer
+    /// inbound or internal traffic pay nothing. A process probed late (one that loads libssl
+    /// while running) may have its first TLS call missed: installing probes in a running
+    /// process waits for an RCU grace period.
+    ThirdParty,
+    /// Every process that uses OpenSSL, servers included, from its first instruction: no call
+    /// is missed, every OpenSSL call on the host pays a uprobe trap.
+    #[default]
+    All,
 }
 
 impl Default for CaptureConfig {
@@ -174,6 +195,8 @@ impl Default for CaptureConfig {
             response_timeout: Duration::from_secs(120),
             tls: true,
             tls_paths: Vec::new(),
+            tls_probe: TlsProbe::All,
+            tls_processes: Vec::new(),
         }
     }
 }

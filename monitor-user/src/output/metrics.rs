@@ -146,6 +146,10 @@ pub struct Metrics {
     pub evicted: IntCounter,
     /// `apimon_tls_probed_files`: files carrying OpenSSL with probes attached.
     pub tls_files: IntGauge,
+    /// Processes with TLS probes attached.
+    pub tls_processes: IntGauge,
+    /// Processes probed only once a third-party connection was already open.
+    pub tls_late: IntCounter,
     /// `apimon_tls_attach_failures_total`.
     pub tls_failures: IntCounter,
     /// `apimon_reassembly_buffered_bytes`: memory held by connection state.
@@ -314,7 +318,17 @@ impl Metrics {
             tls_files: gauge(
                 &registry,
                 "apimon_tls_probed_files",
-                "Files carrying OpenSSL with probes attached.",
+                "Files carrying OpenSSL probed in at least one process.",
+            ),
+            tls_processes: gauge(
+                &registry,
+                "apimon_tls_probed_processes",
+                "Processes with TLS probes attached (those that talk to third parties, or configured).",
+            ),
+            tls_late: counter(
+                &registry,
+                "apimon_tls_late_probes_total",
+                "Processes probed only after a third-party connection opened: TLS calls made before the probes attached are not seen.",
             ),
             tls_failures: counter(
                 &registry,
