@@ -16,8 +16,6 @@ use crate::{
     sockets::{stash, take_args},
 };
 
-const EAGAIN: i64 = 11;
-
 /// Offsets in `struct msghdr` of `msg_iov` and `msg_iovlen`.
 const MSG_IOV: u64 = 16;
 const MSG_IOVLEN: u64 = 24;
@@ -148,22 +146,7 @@ fn enter_with(fd: u64, read: bool, kind: u32, buffer: impl FnOnce() -> Option<(u
         _ => {
             // Not known to be plain HTTP: this may be the socket under a TLS library call,
             // whose bytes are ciphertext and whose plaintext the uprobes carry.
-            if read {
-                if openssl::nested_read(id, fd, st) {
-                    return 0;
-                }
-            } else if openssl::nested_write(id, tgid, fd, st) {
-                // Only its result is wanted: EAGAIN means the SSL_write will be retried.
-                let args = SyscallArgs {
-                    op: op::TLS_WRITE,
-                    fd,
-                    ptr: 0,
-                    len: 0,
-                    conn_id: st.conn_id,
-                    read: 0,
-                    _pad: 0,
-                };
-                stash(id, &args);
+            if openssl::nested_syscall(id, fd, st, read) {
                 return 0;
             }
             if st.raw_proto == proto::TLS {
@@ -220,12 +203,6 @@ fn exit(ctx: &TracePointContext) -> u32 {
     let (id, tgid, _) = current();
     let Some(args) = take_args(id) else { return 0 };
     let ret = syscall_ret(ctx);
-    if args.op == op::TLS_WRITE {
-        if ret == -EAGAIN {
-            openssl::write_would_block(id, tgid);
-        }
-        return 0;
-    }
     if ret <= 0 || (args.op != op::BUF && args.op != op::IOV && args.op != op::SENDFILE) {
         return 0;
     }

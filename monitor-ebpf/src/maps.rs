@@ -36,18 +36,10 @@ pub(crate) static EMITS: LruHashMap<u64, Op> = LruHashMap::with_max_entries(THRE
 pub(crate) static SYSCALL_ARGS: LruHashMap<u64, SyscallArgs> =
     LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
 
-/// The thread's last SSL_write, by pid_tgid. Writes have no return probe, so the entry stays
-/// until the thread's next SSL_write replaces it (LRU: threads that die age out).
+/// The thread's SSL_write in progress, by pid_tgid; removed by the return probe. LRU so that
+/// calls whose return never came (longjmp, thread killed) age out.
 #[map(name = "SSL_WRITE")]
-pub(crate) static SSL_WRITE: LruHashMap<u64, SslWrite> =
-    LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
-
-/// The thread's SSL_write in progress in a runtime that links OpenSSL statically (node),
-/// by pid_tgid; removed by the return probe. Those runtimes feed OpenSSL from memory and call
-/// SSL_write before the handshake is done, a call that fails and is repeated: only its
-/// return tells.
-#[map(name = "SSL_WRITE_RET")]
-pub(crate) static SSL_WRITE_RET: LruHashMap<u64, SslCall> =
+pub(crate) static SSL_WRITE: LruHashMap<u64, SslCall> =
     LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
 
 /// The thread's SSL_read in progress, by pid_tgid; removed by the return probe.
@@ -58,7 +50,7 @@ pub(crate) static SSL_READ: LruHashMap<u64, SslCall> =
 /// Which socket an `SSL*` runs on, learned from the syscall made inside an SSL call. Lets
 /// SSL_write emit at entry, and SSL_read return buffered bytes, without a nested syscall.
 #[map(name = "SSL_SOCK")]
-pub(crate) static SSL_SOCK: LruHashMap<SslKey, SslSock> =
+pub(crate) static SSL_SOCK: LruHashMap<SslKey, SockRef> =
     LruHashMap::with_max_entries(SSL_ENTRIES, 0);
 
 /// Processes whose OpenSSL calls are probed, written by userspace. Only their TLS sockets
@@ -83,9 +75,6 @@ pub(crate) mod op {
     pub(crate) const IOV: u32 = 5;
     /// sendfile: bytes move from a file, none of them in user memory.
     pub(crate) const SENDFILE: u32 = 6;
-    /// The socket write OpenSSL makes inside SSL_write: only its result matters (EAGAIN
-    /// means the application will call SSL_write again with the same bytes).
-    pub(crate) const TLS_WRITE: u32 = 7;
 }
 
 /// Arguments of a syscall in progress.
@@ -105,7 +94,7 @@ pub(crate) struct SyscallArgs {
     pub(crate) _pad: u32,
 }
 
-/// An SSL_read or returned SSL_write call in progress (see [`SSL_READ`], [`SSL_WRITE_RET`]).
+/// An SSL_read or SSL_write call in progress (see [`SSL_READ`], [`SSL_WRITE`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct SslCall {
@@ -118,34 +107,6 @@ pub(crate) struct SslCall {
     /// The socket of the syscall OpenSSL made inside the call, if it made one.
     pub(crate) fd: u32,
     pub(crate) _pad: u32,
-}
-
-/// A thread's last SSL_write (see [`SSL_WRITE`]).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct SslWrite {
-    pub(crate) ssl: u64,
-    pub(crate) buf: u64,
-    pub(crate) len: u64,
-    /// `bpf_ktime_get_ns()` at entry: an entry whose socket is still unknown long after is a
-    /// write into memory (no syscall followed), not one to attribute to a later syscall.
-    pub(crate) ts: u64,
-    /// The socket, once known; [`common::FD_UNSET`] while the plaintext waits for it.
-    pub(crate) fd: u32,
-    pub(crate) _pad: u32,
-}
-
-/// Value of [`SSL_SOCK`]: the socket, and the last write, to recognise a retry.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct SslSock {
-    pub(crate) sock: SockRef,
-    /// Buffer and length of the last SSL_write on this `SSL*`.
-    pub(crate) last_buf: u64,
-    pub(crate) last_len: u64,
-    /// Set when a socket write inside that SSL_write hit EAGAIN: OpenSSL kept the bytes, and
-    /// the same call will come again.
-    pub(crate) retry: u64,
 }
 
 /// Key of [`SSL_SOCK`].

@@ -416,7 +416,6 @@ fn third_party_mode_probes_the_caller_not_the_inbound_server() {
     let agent = Agent::start_with(&["--config", config.to_str().expect("utf-8 path")]);
     // python starts slowly enough for its probes to be in before its first call.
     let pid = run_client(&mut python(&api, "post", &["tls"]));
-    let metrics = agent.scrape();
     let events = agent.stop();
 
     assert_eq!(
@@ -431,11 +430,5 @@ fn third_party_mode_probes_the_caller_not_the_inbound_server() {
     assert!(
         calls_of(&events, api.server_pid()).is_empty(),
         "the inbound-only server was probed"
-    );
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("apimon_tls_probed_processes ")),
-        "{metrics}"
     );
 }

@@ -225,9 +225,7 @@ impl Control {
             clients.dedup();
             for pid in clients {
                 self.interest.entry(pid).or_insert(Interest::Provisional);
-                if self.wants_probes(pid) {
-                    self.probe(pid, true);
-                }
+                self.probe(pid, true);
             }
             self.publish_tls();
         }

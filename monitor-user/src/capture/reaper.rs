@@ -1,12 +1,11 @@
 //! Detaches uprobes off the control thread.
 //!
-//! Removing a uprobe waits for RCU grace periods in the kernel (tens of milliseconds each on
-//! a small VM), so a process's eight probes took most of a second to detach: long enough for
-//! the control thread to miss the next program's start. Links are closed here instead, many
-//! at once, so that the closes share their grace periods.
+//! Taking a process that still runs out of a uprobe's filter waits for an RCU grace period in
+//! the kernel (tens of milliseconds on a small VM), as does removing an aya uprobe: time in
+//! which the control thread would miss the next program's start. Probes are dropped here.
 
 use std::{
-    sync::mpsc::{Receiver, Sender, channel},
+    sync::mpsc::{Sender, channel},
     thread,
 };
 
@@ -15,23 +14,20 @@ use tracing::warn;
 /// Something whose drop detaches a probe: an aya link, a perf event fd.
 type Item = Box<dyn Send>;
 
-/// At most this many links are closed at the same time.
-const PARALLEL: usize = 16;
-
-/// Sends links to the thread that closes them.
+/// Sends probes to the thread that drops them.
 #[derive(Debug)]
 pub struct Reaper {
     links: Sender<Vec<Item>>,
 }
 
 impl Reaper {
-    /// Starts the closing thread; it ends once the `Reaper` is dropped and all is closed.
+    /// Starts the dropping thread; it ends once the `Reaper` is dropped and all is dropped.
     #[must_use]
     pub fn start() -> Self {
-        let (links, rx) = channel();
+        let (links, rx) = channel::<Vec<Item>>();
         if let Err(e) = thread::Builder::new()
             .name("apimon-detach".into())
-            .spawn(move || run(&rx))
+            .spawn(move || rx.into_iter().for_each(drop))
         {
             // Links sent now are dropped with the channel, on the sender's thread: slower,
             // not wrong.
@@ -48,22 +44,5 @@ impl Reaper {
         let items = links.into_iter().map(|l| Box::new(l) as Item).collect();
         // If the thread is gone the links come back in the error and are dropped here.
         let _ = self.links.send(items);
-    }
-}
-
-fn run(rx: &Receiver<Vec<Item>>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = first;
-        while let Ok(more) = rx.try_recv() {
-            batch.extend(more);
-        }
-        let per_thread = batch.len().div_ceil(PARALLEL).max(1);
-        thread::scope(|s| {
-            let mut rest = batch;
-            while !rest.is_empty() {
-                let chunk: Vec<Item> = rest.drain(..per_thread.min(rest.len())).collect();
-                s.spawn(move || drop(chunk));
-            }
-        });
     }
 }

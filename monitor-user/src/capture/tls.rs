@@ -59,33 +59,15 @@ pub struct TlsStats {
     pub processes: usize,
     /// Distinct files carrying OpenSSL probed in at least one process.
     pub files: usize,
-    /// uprobes attached, over all processes.
-    pub probes: usize,
     pub failures: u64,
 }
 
-/// The uprobe programs and which symbol each goes on, in a shared libssl. Writes have no
-/// return probe: their plaintext is all in the arguments (see monitor-ebpf/src/openssl.rs).
-const PROBES: [(&str, Symbol); 6] = [
+/// The uprobe programs and which symbol each goes on. Writes keep their return probe: some
+/// runtimes (node) call SSL_write before the handshake is done and repeat it, which only the
+/// return tells.
+const PROBES: [(&str, Symbol); 8] = [
     ("ssl_write", Symbol::Write),
     ("ssl_write_ex", Symbol::WriteEx),
-    ("ssl_read", Symbol::Read),
-    ("ssl_read_ex", Symbol::ReadEx),
-    ("ssl_read_ret", Symbol::Read),
-    ("ssl_read_ret", Symbol::ReadEx),
-];
-
-/// Whether libssl's writes are probed at entry only. Off: the entry-only path misses the
-/// first write of a connection in live tests (under investigation), so every file gets the
-/// return probe on writes for now.
-const ENTRY_ONLY_WRITES: bool = false;
-
-/// The same for a program that links OpenSSL statically (node, bun, deno): those feed OpenSSL
-/// from memory and repeat an SSL_write that failed during the handshake, which only the
-/// return tells.
-const STATIC_PROBES: [(&str, Symbol); 8] = [
-    ("ssl_write_returned", Symbol::Write),
-    ("ssl_write_ex_returned", Symbol::WriteEx),
     ("ssl_write_ret", Symbol::Write),
     ("ssl_write_ret", Symbol::WriteEx),
     ("ssl_read", Symbol::Read),
@@ -191,15 +173,12 @@ impl TlsAttacher {
     #[must_use]
     pub fn stats(&self) -> TlsStats {
         let mut files: HashSet<FileId> = self.everywhere.keys().copied().collect();
-        let mut probes = self.everywhere.values().map(Vec::len).sum();
         for p in self.procs.values() {
             files.extend(p.files.iter().copied());
-            probes += p.links.len();
         }
         TlsStats {
             processes: self.procs.len(),
             files: files.len(),
-            probes,
             failures: self.failures,
         }
     }
@@ -208,11 +187,6 @@ impl TlsAttacher {
     #[must_use]
     pub fn is_probed(&self, pid: u32) -> bool {
         self.procs.contains_key(&pid)
-    }
-
-    /// Processes with probes attached.
-    pub fn probed(&self) -> impl Iterator<Item = u32> + '_ {
-        self.procs.keys().copied()
     }
 
     /// Probes every file carrying OpenSSL that `pid` maps and is not probed in it yet (call
@@ -449,7 +423,7 @@ impl TlsAttacher {
         shown: &str,
     ) -> Option<Vec<ProbeEvent>> {
         let mut events = Vec::new();
-        for &(program, symbol) in probe_list(shown) {
+        for (program, symbol) in PROBES {
             let Some(offset) = symbol.offset(symbols) else {
                 continue;
             };
@@ -482,7 +456,7 @@ impl TlsAttacher {
         shown: &str,
     ) -> Option<Links> {
         let mut links = Vec::new();
-        for &(program, symbol) in probe_list(shown) {
+        for (program, symbol) in PROBES {
             let Some(offset) = symbol.offset(symbols) else {
                 continue;
             };
@@ -558,19 +532,6 @@ fn attach_one(
     )?;
     // Owned, so that it can be detached on the reaper's thread.
     Ok(prog.take_link(id)?)
-}
-
-/// The probes a file gets: a shared libssl can do without the write return probe.
-fn probe_list(shown: &str) -> &'static [(&'static str, Symbol)] {
-    let is_libssl = Path::new(shown)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("libssl"));
-    if is_libssl && ENTRY_ONLY_WRITES {
-        &PROBES
-    } else {
-        &STATIC_PROBES
-    }
 }
 
 /// A file's identity, following symlinks.
