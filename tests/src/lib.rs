@@ -297,8 +297,15 @@ impl Agent {
             .args(["run", "--log-level", "info", "--events"])
             .arg(&events)
             .args(["--metrics-addr", &metrics.to_string()]);
-        if !extra.contains(&"--config") {
-            // State (known destinations, spool) of the test's own, not the host's /var/lib.
+        // State (known destinations, spool) of the test's own, never the host's /var/lib.
+        if let Some(i) = extra.iter().position(|a| *a == "--config") {
+            let given = extra.get(i + 1).expect("--config needs a path");
+            let text = fs::read_to_string(given).expect("read the test's agent config");
+            assert!(
+                text.contains("state_dir"),
+                "{given}: set [alerts] state_dir to a temporary directory"
+            );
+        } else {
             let config = events.with_extension("toml");
             let state = events.with_extension("state");
             fs::write(
@@ -347,7 +354,8 @@ impl Agent {
     /// The agent's process id.
     #[must_use]
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        // Never 0: kill(0, ...) would signal the whole process group.
+        self.child.as_ref().map(Child::id).expect("the agent runs")
     }
 
     /// Sends `signal` to the agent.
@@ -372,7 +380,7 @@ impl Agent {
         self.log()
     }
 
-    /// Polls `/metrics` until `line` appears, for at most `secs` seconds.
+    /// Polls `/metrics` until a line satisfies `what`, for at most `secs` seconds.
     pub fn wait_metric(&self, what: impl Fn(&str) -> bool, secs: u64) -> bool {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < deadline {

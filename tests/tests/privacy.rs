@@ -78,7 +78,14 @@ fn personal_data_in_plaintext_and_tls_is_found_and_never_leaked() {
     let dir = scratch("privacy");
     let (map, report) = (dir.join("map.json"), dir.join("report.md"));
     let config = dir.join("apimon.toml");
-    fs::write(&config, "[privacy]\nhash_key = \"privacy-test-key\"\n").expect("config");
+    fs::write(
+        &config,
+        format!(
+            "[privacy]\nhash_key = \"privacy-test-key\"\n[alerts]\nstate_dir = \"{}\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .expect("config");
 
     let api = ThirdParty::start();
     let agent = Agent::start_with(&[
