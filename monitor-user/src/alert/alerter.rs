@@ -14,7 +14,7 @@ use super::{
     Alert, AlertKind, Severity,
     novelty::{Novel, Novelty},
     router::{Offered, Router},
-    rules::{Rules, Subject},
+    rules::{Rules, Subject, Suppressed},
     volume::{Anomaly, Sample, Scores, Signal, VolumeDetector},
 };
 use crate::{
@@ -38,6 +38,8 @@ pub struct Alerter {
     queue: Sender<Alert>,
     metrics: Arc<Metrics>,
     last_save: Instant,
+    /// The data types a call sends, kept between calls for its allocation.
+    sent: Vec<DataType>,
 }
 
 /// Something new is `high` when it carries sensitive data (cards, SSNs, IBANs...).
@@ -77,6 +79,7 @@ impl Alerter {
             queue,
             metrics,
             last_save: Instant::now(),
+            sent: Vec::new(),
         }
     }
 
@@ -95,16 +98,13 @@ impl Alerter {
         now: Instant,
         build: impl FnOnce() -> Alert,
     ) {
-        let reason = match self.router.offer(subject, signal, ts, now, build) {
-            Ok(Offered::New) => return,
-            Ok(Offered::Deduplicated) => "deduplicated",
-            Err(s) => s.as_str(),
-        };
-        self.metrics
-            .alerting
-            .suppressed
-            .with_label_values(&[reason])
-            .inc();
+        let suppressed = &self.metrics.alerting.suppressed_by;
+        match self.router.offer(subject, signal, ts, now, build) {
+            Ok(Offered::New) => {}
+            Ok(Offered::Deduplicated) => suppressed.deduplicated.inc(),
+            Err(Suppressed::Rule) => suppressed.rule.inc(),
+            Err(Suppressed::Silenced) => suppressed.silenced.inc(),
+        }
     }
 
     /// Everything one call can raise.
@@ -158,12 +158,14 @@ impl Alerter {
                 call_alert(AlertKind::DeniedDestination, Severity::High)
             });
         }
-        let sent: Vec<DataType> = a
-            .data_types
-            .iter()
-            .filter(|(side, t)| *side == Side::Request && !t.is_secret())
-            .map(|(_, t)| *t)
-            .collect();
+        let mut sent = std::mem::take(&mut self.sent);
+        sent.clear();
+        sent.extend(
+            a.data_types
+                .iter()
+                .filter(|(side, t)| *side == Side::Request && !t.is_secret())
+                .map(|(_, t)| *t),
+        );
         let records: u64 = a
             .findings
             .iter()
@@ -182,7 +184,7 @@ impl Alerter {
             },
         );
         let novel = self.novelty.observe(process, &c.host, &sent, &c.ts);
-        let learning = self.novelty.learning(SystemTime::now());
+        let learning = !novel.is_empty() && self.novelty.learning(SystemTime::now());
         for n in novel {
             let (kind, data_type, severity) = match &n {
                 Novel::Destination { .. } => {
@@ -231,6 +233,7 @@ impl Alerter {
                 alert
             });
         }
+        self.sent = sent;
     }
 
     fn anomaly(&mut self, a: &Anomaly, now: Instant) {

@@ -18,17 +18,6 @@ pub enum Suppressed {
     Silenced,
 }
 
-impl Suppressed {
-    /// Label of `apimon_alerts_suppressed_total`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Rule => "rule",
-            Self::Silenced => "silenced",
-        }
-    }
-}
-
 /// What the rules look at.
 #[derive(Clone, Copy, Debug)]
 pub struct Subject<'a> {

@@ -95,6 +95,19 @@ struct Series {
     last_active: u64,
 }
 
+impl Series {
+    /// Counts one call in the current window.
+    fn add(&mut self, s: Sample, window: u64) {
+        self.last_active = window;
+        let c = &mut self.current;
+        c[0] += 1;
+        c[1] += s.bytes_out;
+        c[2] += s.bytes_in;
+        c[3] += s.records_out;
+        c[4] += u64::from(s.error);
+    }
+}
+
 /// A detected anomaly.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Anomaly {
@@ -151,33 +164,24 @@ impl VolumeDetector {
     /// Adds one call to the current window of its series.
     pub fn observe(&mut self, process: &str, host: &str, route: &str, s: Sample) {
         let k = key(process, host, route);
-        if !self.series.contains_key(&k) {
-            if self.series.len() >= self.config.max_series {
-                self.evict();
-            }
-            self.series.insert(
-                k,
-                Series {
-                    process: process.to_owned(),
-                    host: host.to_owned(),
-                    route: route.to_owned(),
-                    current: [0; 5],
-                    baselines: [Baseline::default(); 5],
-                    windows: 0,
-                    last_active: self.window,
-                },
-            );
-        }
-        let Some(series) = self.series.get_mut(&k) else {
+        let window = self.window;
+        if let Some(series) = self.series.get_mut(&k) {
+            series.add(s, window);
             return;
-        };
-        series.last_active = self.window;
-        let c = &mut series.current;
-        c[0] += 1;
-        c[1] += s.bytes_out;
-        c[2] += s.bytes_in;
-        c[3] += s.records_out;
-        c[4] += u64::from(s.error);
+        }
+        if self.series.len() >= self.config.max_series {
+            self.evict();
+        }
+        let series = self.series.entry(k).or_insert_with(|| Series {
+            process: process.to_owned(),
+            host: host.to_owned(),
+            route: route.to_owned(),
+            current: [0; 5],
+            baselines: [Baseline::default(); 5],
+            windows: 0,
+            last_active: window,
+        });
+        series.add(s, window);
     }
 
     /// Drops the least recently active tenth of the series.

@@ -10,10 +10,16 @@ use super::metrics::{counter, counter_vec, gauge, register};
 
 /// Every `reason` of `apimon_alerts_dropped_total`.
 pub const DROP_REASONS: &[&str] = &["queue_full", "spool_full", "spool_error", "unreadable"];
-/// Every `reason` of `apimon_alerts_suppressed_total`.
-pub const SUPPRESS_REASONS: &[&str] = &["rule", "silenced", "deduplicated"];
 /// Every `outcome` of `apimon_alert_deliveries_total`.
 pub const OUTCOMES: &[&str] = &["delivered", "failed", "rejected"];
+
+/// The series of `apimon_alerts_suppressed_total`, one per reason.
+#[derive(Debug)]
+pub struct Suppressions {
+    pub rule: IntCounter,
+    pub silenced: IntCounter,
+    pub deduplicated: IntCounter,
+}
 
 /// Alert, anomaly and configuration metrics.
 #[derive(Debug)]
@@ -22,6 +28,8 @@ pub struct AlertMetrics {
     pub raised: IntCounterVec,
     /// `apimon_alerts_suppressed_total{reason}`.
     pub suppressed: IntCounterVec,
+    /// Its series, looked up once: suppression happens on most calls that carry findings.
+    pub suppressed_by: Suppressions,
     /// `apimon_alert_queue_depth{sink}`: alerts spooled, not yet delivered.
     pub queue_depth: IntGaugeVec,
     /// `apimon_alert_deliveries_total{sink,outcome}`: delivery attempts.
@@ -82,6 +90,12 @@ impl AlertMetrics {
                 &["sink"],
             ),
         );
+        let suppressed = counter_vec(
+            registry,
+            "apimon_alerts_suppressed_total",
+            "Findings and anomalies that did not become alerts: rule (kind off, below threshold, ignored type), silenced, deduplicated.",
+            &["reason"],
+        );
         let m = Self {
             raised: counter_vec(
                 registry,
@@ -89,12 +103,12 @@ impl AlertMetrics {
                 "Alerts raised after rules, silences and grouping, by kind and severity.",
                 &["kind", "severity"],
             ),
-            suppressed: counter_vec(
-                registry,
-                "apimon_alerts_suppressed_total",
-                "Findings and anomalies that did not become alerts: rule (kind off, below threshold, ignored type), silenced, deduplicated.",
-                &["reason"],
-            ),
+            suppressed_by: Suppressions {
+                rule: suppressed.with_label_values(&["rule"]),
+                silenced: suppressed.with_label_values(&["silenced"]),
+                deduplicated: suppressed.with_label_values(&["deduplicated"]),
+            },
+            suppressed,
             queue_depth,
             deliveries: counter_vec(
                 registry,
@@ -140,9 +154,6 @@ impl AlertMetrics {
         };
         for r in DROP_REASONS {
             m.dropped.with_label_values(&[r]).inc_by(0);
-        }
-        for r in SUPPRESS_REASONS {
-            m.suppressed.with_label_values(&[r]).inc_by(0);
         }
         for r in ["ok", "error"] {
             m.reloads.with_label_values(&[r]).inc_by(0);

@@ -214,7 +214,14 @@ fn bursty_series_rarely_alert() {
 
 #[test]
 fn two_calls_after_one_is_not_a_spike() {
-    let mut d = VolumeDetector::new(&AnomalyConfig::default());
+    // No request floor and the lowest score threshold: only the ratio guard stands between
+    // this series and a spike.
+    let config = AnomalyConfig {
+        min_requests: 0,
+        threshold: 1.0,
+        ..AnomalyConfig::default()
+    };
+    let mut d = VolumeDetector::new(&config);
     let mut scores = Scores::new();
     for t in 0..50 {
         let calls = if t % 7 == 0 { 3 } else { 1 };
