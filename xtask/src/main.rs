@@ -57,7 +57,7 @@ enum Task {
         /// Overhead bench: rounds, each running every scenario in every mode [default: 3, or
         /// 1 with --quick].
         #[arg(long)]
-        rounds: Option<u64>,
+        rounds: Option<usize>,
         /// Overhead bench: keep-alive connections held open to measure the agent's memory
         /// (0 skips that scenario).
         #[arg(long, default_value_t = 10_000)]
@@ -106,7 +106,7 @@ fn main() -> Result<()> {
         } => {
             let options = bench::Options {
                 seconds: seconds.unwrap_or(if quick { 3 } else { 8 }),
-                rounds: usize::try_from(rounds.unwrap_or(if quick { 1 } else { 3 }))?,
+                rounds: rounds.unwrap_or(if quick { 1 } else { 3 }),
                 connections,
             };
             bench(filter.as_deref(), &options)

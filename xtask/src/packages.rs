@@ -1,6 +1,6 @@
 //! Debian packages the tests and benchmarks drive: real clients, servers and tools.
 
-use std::process::Command;
+use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf, process::Command};
 
 use anyhow::{Result, bail};
 
@@ -21,21 +21,21 @@ const NEEDED: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
 ];
 
-fn has_command(name: &str) -> bool {
-    Command::new("sh")
-        .args([
-            "-c",
-            &format!("command -v {name} >/dev/null 2>&1 || test -x /usr/sbin/{name}"),
-        ])
-        .status()
-        .is_ok_and(|s| s.success())
+/// Where the executable `name` is: the first match on `PATH`, else in `/usr/sbin` (where
+/// Debian puts nginx, and which a non-root `PATH` often lacks).
+pub(crate) fn command_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// Installs the packages whose commands are missing (needs root and Debian's apt).
 pub(crate) fn ensure() -> Result<()> {
     let missing: Vec<&str> = NEEDED
         .iter()
-        .filter(|(cmd, _)| !has_command(cmd))
+        .filter(|(cmd, _)| command_path(cmd).is_none())
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {

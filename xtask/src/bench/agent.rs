@@ -1,8 +1,8 @@
 //! apimon under test: started with its default configuration (state kept in the bench's
-//! folder), read through `/metrics` and `/proc`, stopped on drop.
+//! folder, emptied before each start), read through `/metrics` and `/proc`, stopped on drop.
 
 use std::{
-    fs,
+    fs, io,
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -23,9 +23,10 @@ use crate::cmd::output_of;
 /// validate it. Returns its path.
 pub(crate) fn write_config(bin: &Path, dir: &Path) -> Result<PathBuf> {
     let config = dir.join("apimon.toml");
-    let state = dir.join("agent-state");
+    let state = state_dir(dir);
     // Only the state folder differs from the defaults: the host's /var/lib/apimon stays
-    // untouched and every run starts with no known destinations.
+    // untouched, and [`Agent::start`] empties this one so every run starts with no known
+    // destinations.
     fs::write(
         &config,
         format!("[alerts]\nstate_dir = \"{}\"\n", state.display()),
@@ -36,6 +37,11 @@ pub(crate) fn write_config(bin: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(config)
 }
 
+/// The agent's `alerts.state_dir` in the bench's folder `dir`.
+fn state_dir(dir: &Path) -> PathBuf {
+    dir.join("agent-state")
+}
+
 /// A running `apimon run`.
 pub(crate) struct Agent {
     process: Guarded,
@@ -44,8 +50,15 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent and waits for `apimon_ready 1` (probes attached, open connections found).
+    /// Starts the agent, with an empty state folder (nothing a previous run learnt), and waits
+    /// for `apimon_ready 1` (probes attached, open connections found).
     pub(crate) fn start(bin: &Path, config: &Path, dir: &Path, n: usize) -> Result<Self> {
+        let state = state_dir(dir);
+        if let Err(e) = fs::remove_dir_all(&state)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            return Err(e).with_context(|| format!("removing {state:?}"));
+        }
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let log = dir.join(format!("agent-{n}.log"));
         let mut cmd = Command::new(bin);
@@ -171,8 +184,7 @@ impl Delta {
     /// The change from `before` to `after`, counting egress calls whose `host` label is `host`.
     pub(crate) fn between(before: &Snapshot, after: &Snapshot, host: &str) -> Self {
         let diff = |name: &str, keep: &dyn Fn(&Sample) -> bool| {
-            let d = after.page.sum(name, keep) - before.page.sum(name, keep);
-            d.max(0.0).round() as u64
+            growth(before.page.sum(name, keep), after.page.sum(name, keep))
         };
         let requests = "apimon_http_requests_total";
         Self {
@@ -191,17 +203,27 @@ impl Delta {
     }
 }
 
+/// How much a counter grew from `before` to `after`, rounded; 0 if it went down.
+fn growth(before: f64, after: f64) -> u64 {
+    (after - before).max(0.0).round() as u64
+}
+
+/// The distinct values of `keys`, sorted.
+fn distinct<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = keys.collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 /// The `apimon_tls_*` metrics (their names change as TLS probing evolves: take them all).
 fn tls_metrics(page: &Page) -> Vec<(String, u64)> {
-    let mut names: Vec<&str> = page
+    let names = page
         .samples
         .iter()
         .map(|s| s.name.as_str())
-        .filter(|n| n.starts_with("apimon_tls_"))
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    names
+        .filter(|n| n.starts_with("apimon_tls_"));
+    distinct(names)
         .into_iter()
         .map(|n| (n.to_owned(), page.total(n).round() as u64))
         .collect()
@@ -210,34 +232,26 @@ fn tls_metrics(page: &Page) -> Vec<(String, u64)> {
 /// Each `reason` of `apimon_events_lost_total` that grew between two snapshots.
 fn lost_by_reason(before: &Snapshot, after: &Snapshot) -> Vec<(String, u64)> {
     let name = "apimon_events_lost_total";
-    let mut reasons: Vec<String> = after
+    let reasons = after
         .page
         .samples
         .iter()
         .filter(|s| s.name == name)
-        .filter_map(|s| s.label("reason").map(str::to_owned))
-        .collect();
-    reasons.sort_unstable();
-    reasons.dedup();
-    reasons
+        .filter_map(|s| s.label("reason"));
+    distinct(reasons)
         .into_iter()
         .filter_map(|r| {
-            let of = |p: &Page| p.sum(name, |s| s.label("reason") == Some(r.as_str()));
-            let d = (of(&after.page) - of(&before.page)).max(0.0).round() as u64;
-            (d > 0).then_some((r, d))
+            let of = |p: &Page| p.sum(name, |s| s.label("reason") == Some(r));
+            let d = growth(of(&before.page), of(&after.page));
+            (d > 0).then(|| (r.to_owned(), d))
         })
         .collect()
 }
 
 /// A TCP port free on loopback right now.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .context("finding a free port")?
         .port())
-}
-
-/// A free loopback port, for the host-side nginx.
-pub(crate) fn free_loopback_port() -> Result<u16> {
-    free_port()
 }

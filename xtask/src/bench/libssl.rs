@@ -8,9 +8,9 @@ use crate::cmd::output_of;
 
 /// The libssl `program` loads dynamically, from `ldd`, with symlinks resolved.
 fn linked_by(program: &str) -> Result<PathBuf> {
-    let path = output_of(Command::new("sh").args(["-c", &format!("command -v {program}")]))
-        .with_context(|| format!("{program} is not on PATH"))?;
-    let ldd = output_of(Command::new("ldd").arg(path.trim()))?;
+    let path = crate::packages::command_path(program)
+        .with_context(|| format!("{program} is not on PATH nor in /usr/sbin"))?;
+    let ldd = output_of(Command::new("ldd").arg(&path))?;
     // "	libssl.so.3 => /lib/x86_64-linux-gnu/libssl.so.3 (0x...)"
     let lib = ldd
         .lines()

@@ -142,7 +142,7 @@ fn run(bin: &Path, dir: &Path, opts: &Options) -> Result<()> {
             in_netns: true,
         },
     )?;
-    let port = agent::free_loopback_port()?;
+    let port = agent::free_port()?;
     let _inbound = Nginx::start(
         dir,
         &Site {
@@ -279,11 +279,7 @@ impl Bench<'_> {
             open_secs,
             rss_before: before.memory.rss,
             rss: after.memory.rss,
-            peak: after.memory.peak,
-            tracked: after
-                .page
-                .has("apimon_connections_tracked")
-                .then(|| after.page.total("apimon_connections_tracked").round() as u64),
+            tracked: after.page.total("apimon_connections_tracked").round() as u64,
             agent: Delta::between(&before, &after, API_ADDR),
         };
         drop(streams);
@@ -292,7 +288,7 @@ impl Bench<'_> {
             "held {} connections: agent RSS {:.1} MB, peak {:.1} MB",
             held.connections,
             report::mb(held.rss),
-            report::mb(held.peak)
+            report::mb(held.agent.peak_rss)
         );
         Ok(held)
     }

@@ -52,21 +52,26 @@ pub(crate) fn memory(pid: u32) -> Result<Memory> {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let field = |name: &str| -> Result<u64> {
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .with_context(|| format!("{path} has no {name}"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<u64>()
-            .with_context(|| format!("{path}: {name} is not a number"))?;
+        let kib = kib_field(&status, name)
+            .with_context(|| format!("{path} has no {name} line with a number of kB"))?;
         Ok(kib * 1024)
     };
     Ok(Memory {
         rss: field("VmRSS:")?,
         peak: field("VmHWM:")?,
     })
+}
+
+/// The number of a `Name: N kB` line of `text` (`/proc/meminfo`, `/proc/<pid>/status`);
+/// `name` includes the colon.
+pub(crate) fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Other processes named `apimon` or `bpftrace` (another agent or tracer adds its own probes
@@ -133,5 +138,24 @@ impl CpuTimes {
     pub(crate) fn steal_until(self, later: Self) -> f64 {
         let total = later.total.saturating_sub(self.total).max(1) as f64;
         later.steal.saturating_sub(self.steal) as f64 / total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kib_fields() {
+        let text = "Name:\tapimon\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nThreads:\t4\n";
+        assert_eq!(kib_field(text, "VmRSS:"), Some(10_240));
+        assert_eq!(kib_field(text, "VmHWM:"), Some(20_480));
+        assert_eq!(kib_field(text, "Threads:"), Some(4));
+        assert_eq!(kib_field(text, "Name:"), None);
+        assert_eq!(kib_field(text, "VmSwap:"), None);
+        assert_eq!(
+            kib_field("MemTotal:        8138612 kB\n", "MemTotal:"),
+            Some(8_138_612)
+        );
     }
 }

@@ -2,13 +2,14 @@
 
 use std::{
     io::Read as _,
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use super::child::Guarded;
+use super::{child::Guarded, report::first_line};
 
 /// wrk threads: one, so that wrk and nginx's single worker each get one of the two vCPUs.
 const THREADS: u32 = 1;
@@ -81,19 +82,13 @@ fn parse(text: &str) -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// The version line `wrk -v` prints.
-pub(crate) fn version() -> String {
-    Command::new("wrk")
-        .arg("-v")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(|l| l.split(" Copyright").next().unwrap_or(l).trim().to_owned())
-        })
-        .unwrap_or_else(|| "wrk (version unknown)".to_owned())
+/// The version line `wrk -v` prints, without its copyright notice.
+pub(crate) fn version(dir: &Path) -> String {
+    let line = first_line(Command::new("wrk").arg("-v"), dir);
+    line.split_once(" Copyright")
+        .map_or(line.as_str(), |(version, _)| version)
+        .trim()
+        .to_owned()
 }
 
 #[cfg(test)]
