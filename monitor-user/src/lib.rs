@@ -7,6 +7,7 @@ pub mod analyze;
 pub mod capture;
 pub mod config;
 pub mod conn;
+pub mod durable;
 pub mod har;
 pub mod http;
 pub mod output;

@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::{datamap::write_atomic, detect::DataType};
+use crate::{analysis::detect::DataType, durable};
 
 /// Something seen for the first time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,7 +202,7 @@ impl Novelty {
                 })
                 .collect(),
         };
-        write_atomic(path, &serde_json::to_vec_pretty(&doc).unwrap_or_default())?;
+        durable::replace(path, &serde_json::to_vec_pretty(&doc).unwrap_or_default())?;
         self.dirty = false;
         Ok(())
     }

@@ -5,13 +5,13 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    fs,
-    io::{self, Write as _},
+    fs, io,
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use super::Alert;
+use crate::durable;
 
 /// Rejected alerts kept per sink.
 const MAX_REJECTED: usize = 1000;
@@ -68,7 +68,7 @@ impl Spool {
                 if let Some(seq) = seq_of(&name) {
                     seqs.insert(seq);
                     next = next.max(seq + 1);
-                } else if name.ends_with(".tmp") {
+                } else if name.ends_with(durable::PARTIAL_SUFFIX) {
                     // A write cut short by a crash: it was never acknowledged as spooled.
                     let _ = fs::remove_file(f.path());
                 }
@@ -110,12 +110,7 @@ impl Spool {
         for sink in sinks {
             let dir = self.dir(sink);
             fs::create_dir_all(&dir)?;
-            let tmp = dir.join(format!("{seq:020}.tmp"));
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, dir.join(file_name(seq)))?;
-            sync_dir(&dir)?;
+            durable::replace(&dir.join(file_name(seq)), &bytes)?;
             let oldest: Vec<u64> = {
                 let mut index = self.index();
                 let seqs = index.entry((*sink).to_owned()).or_default();

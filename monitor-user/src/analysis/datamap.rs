@@ -4,7 +4,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Write as _,
     path::Path,
     time::SystemTime,
 };
@@ -223,12 +222,12 @@ impl DataMap {
 
     /// Writes the JSON map to `path` atomically (temporary file, fsync, rename).
     pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
-        write_atomic(path, self.to_json().as_bytes())
+        crate::durable::replace(path, self.to_json().as_bytes())
     }
 
     /// Writes the Markdown report to `path` atomically.
     pub fn write_markdown(&self, path: &Path) -> std::io::Result<()> {
-        write_atomic(path, self.to_markdown().as_bytes())
+        crate::durable::replace(path, self.to_markdown().as_bytes())
     }
 }
 
@@ -238,25 +237,4 @@ fn list(set: &BTreeSet<&str>) -> String {
     } else {
         set.iter().copied().collect::<Vec<_>>().join(", ")
     }
-}
-
-/// Replaces `path` with `bytes` so that readers see the old or the new file, never half.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
