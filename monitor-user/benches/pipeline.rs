@@ -309,12 +309,12 @@ impl Traffic {
     }
 }
 
-/// A pipeline as `apimon run` builds it (default configuration, events to a sink, alerting
-/// on), without the kernel.
 /// The other ends of the pipeline's channels: they live as long as the pipeline, as the
 /// agent's threads do.
 type Ends = (mpsc::Receiver<Request>, tokio::sync::mpsc::Receiver<Alert>);
 
+/// A pipeline as `apimon run` builds it (default configuration, events to a sink, alerting
+/// on), without the kernel.
 fn pipeline() -> (Pipeline, Ends) {
     let config = Config::default();
     let metrics = Arc::new(Metrics::new(config.metrics.max_hosts));

@@ -44,20 +44,17 @@ pub fn analyze(
             tls_lib: None,
             tls: call.tls,
             remote: call.remote,
-            ts: call.started,
+            ts: &call.started,
             entry: Some(index),
         };
         let a = analyzer.analyze(&ctx, &call.exchange);
         summary.calls += 1;
         summary.findings += a.findings.len() as u64;
         map.record(&a);
-        if write_error.is_none() {
-            let written = events
-                .write(&a.call)
-                .and_then(|()| a.findings.iter().try_for_each(|f| events.write(f)));
-            if let Err(e) = written {
-                write_error = Some(e);
-            }
+        if write_error.is_none()
+            && let Err(e) = events.write_analysis(&a)
+        {
+            write_error = Some(e);
         }
     })?;
     if let Some(e) = write_error {

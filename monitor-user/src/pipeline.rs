@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     os::fd::AsRawFd as _,
     sync::{
         Arc,
@@ -24,7 +25,10 @@ use crate::{
     },
     config::Config,
     conn::{ConnEvent, ConnTable},
-    output::{events::EventWriter, metrics::Metrics},
+    output::{
+        events::EventWriter,
+        metrics::{EventKind, Metrics},
+    },
 };
 
 /// Logs a record's identity and first bytes (escaped): what the kernel saw, for debugging.
@@ -121,14 +125,11 @@ impl Outputs {
             metrics.record_flow(&a.call, &a.data_types);
         }
         self.data_map.record(a);
-        if let Some(events) = self.events.as_mut() {
-            let written = events
-                .write_call(&a.call)
-                .and_then(|()| a.findings.iter().try_for_each(|f| events.write(f)));
-            if let Err(e) = written {
-                warn!("writing events failed: {e}");
-                metrics.lost.with_label_values(&["output_error"]).inc();
-            }
+        if let Some(events) = self.events.as_mut()
+            && let Err(e) = events.write_analysis(a)
+        {
+            warn!("writing events failed: {e}");
+            metrics.lost.with_label_values(&["output_error"]).inc();
         }
     }
 
@@ -186,11 +187,11 @@ pub struct Pipeline {
     /// Findings and anomalies to alerts; `None` when alerting is off.
     pub alerter: Option<Alerter>,
     pub clock: Clock,
-    /// Which connections count as third-party calls, for deciding what to probe.
-    pub destinations: Destinations,
     /// What each process's peers were reported as (true: a third party).
     peers: HashMap<u32, bool>,
     out: Vec<ConnEvent>,
+    /// The timestamp of the call being analysed (see [`CallContext::ts`]).
+    ts_buf: String,
     last_map_write: Instant,
 }
 
@@ -226,9 +227,9 @@ impl Pipeline {
             control,
             alerter: None,
             clock: Clock::new(),
-            destinations: Destinations::default(),
             peers: HashMap::new(),
             out: Vec::new(),
+            ts_buf: String::new(),
             last_map_write: Instant::now(),
         }
     }
@@ -236,7 +237,6 @@ impl Pipeline {
     /// Applies a reloaded configuration: destinations, alert rules, anomaly sensitivity.
     /// Connections, baselines and open alert groups are kept.
     pub fn reload(&mut self, config: &Config) {
-        self.destinations = Destinations::from_config(&config.destinations);
         self.analyzer
             .set_destinations(Destinations::from_config(&config.destinations));
         if let Some(a) = self.alerter.as_mut() {
@@ -294,12 +294,12 @@ impl Pipeline {
             }
         };
         let kind = match &record {
-            Record::Data(_) => "data",
-            Record::Opened(_) => "conn_open",
-            Record::Closed { .. } => "conn_close",
-            Record::Exec { .. } => "exec",
-            Record::Exit { .. } => "exit",
-            Record::ExecMapped { .. } => "exec_mmap",
+            Record::Data(_) => EventKind::Data,
+            Record::Opened(_) => EventKind::ConnOpen,
+            Record::Closed { .. } => EventKind::ConnClose,
+            Record::Exec { .. } => EventKind::Exec,
+            Record::Exit { .. } => EventKind::Exit,
+            Record::ExecMapped { .. } => EventKind::ExecMapped,
         };
         self.metrics.count_event(kind);
         if tracing::enabled!(tracing::Level::TRACE) {
@@ -353,8 +353,11 @@ impl Pipeline {
     /// server) gets them left alone.
     fn peer(&mut self, o: &Opened) {
         let Some(remote) = o.remote else { return };
-        let third_party =
-            o.role != Role::Server && self.destinations.is_third_party("", Some(remote));
+        let third_party = o.role != Role::Server
+            && self
+                .analyzer
+                .destinations()
+                .is_third_party("", Some(remote));
         if self
             .peers
             .get(&o.pid)
@@ -418,6 +421,13 @@ impl Pipeline {
         for event in out.drain(..) {
             match event {
                 ConnEvent::Exchange(info, x) => {
+                    // `2026-11-23T02:43:49.990Z`, in a buffer every call reuses.
+                    self.ts_buf.clear();
+                    let _ = write!(
+                        self.ts_buf,
+                        "{}",
+                        humantime::format_rfc3339_millis(self.clock.wall(x.request.first_ts))
+                    );
                     let ctx = CallContext {
                         pid: Some(info.pid),
                         comm: &info.comm,
@@ -428,20 +438,7 @@ impl Pipeline {
                         tls_lib: info.tls_lib,
                         tls: info.tls_lib.is_some(),
                         remote: info.remote,
-                        ts: {
-                            // `2026-11-23T02:43:49.990Z`: one allocation, of the right size.
-                            let mut ts = String::with_capacity(24);
-                            let _ = std::fmt::Write::write_fmt(
-                                &mut ts,
-                                format_args!(
-                                    "{}",
-                                    humantime::format_rfc3339_millis(
-                                        self.clock.wall(x.request.first_ts)
-                                    )
-                                ),
-                            );
-                            ts
-                        },
+                        ts: &self.ts_buf,
                         entry: None,
                     };
                     let analysis = self.analyzer.analyze(&ctx, &x);

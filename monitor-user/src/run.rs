@@ -223,7 +223,6 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         requests_tx,
     );
-    pipeline.destinations = Destinations::from_config(&config.destinations);
     pipeline.alerter = Some(Alerter::new(
         &config,
         novelty,

@@ -288,7 +288,7 @@ impl Alerter {
         for (host, scores) in &self.scores {
             let host = self.metrics.host_label(host);
             for (signal, score) in Signal::ALL.iter().zip(scores) {
-                let g = m.score.with_label_values(&[&host, signal.as_str()]);
+                let g = m.score.with_label_values(&[host, signal.as_str()]);
                 g.set(g.get().max(*score));
             }
         }

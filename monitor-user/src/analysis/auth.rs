@@ -76,8 +76,13 @@ pub(crate) fn is_key_header_lower(n: &str) -> bool {
 /// Whether a query parameter carries a key or token by its name.
 #[must_use]
 pub fn is_key_param(name: &str) -> Option<Auth> {
-    let n = name.to_ascii_lowercase();
-    match n.as_str() {
+    let mut buf = [0u8; 64];
+    is_key_param_lower(&super::ascii_lowercase(name, &mut buf))
+}
+
+/// [`is_key_param`] of a name already in lower case.
+fn is_key_param_lower(n: &str) -> Option<Auth> {
+    match n {
         "access_token" | "bearer_token" | "oauth_token" => Some(Auth::Bearer),
         "api_key" | "apikey" | "api-key" | "key" | "token" | "auth_token" | "app_key"
         | "client_secret" | "private_token" | "subscription-key" => Some(Auth::ApiKey),
@@ -139,11 +144,12 @@ pub fn body_auth(content_type: Option<&str>, body: &[u8]) -> Auth {
         if value.trim().is_empty() {
             return None;
         }
-        match name.to_ascii_lowercase().as_str() {
+        let mut buf = [0u8; 64];
+        match &*super::ascii_lowercase(name, &mut buf) {
             "client_secret" | "client_assertion" | "password" | "refresh_token" => {
                 Some(Auth::Other)
             }
-            n => is_key_param(n),
+            n => is_key_param_lower(n),
         }
     };
     match super::body::kind(content_type, body) {

@@ -70,7 +70,7 @@ pub struct CallContext<'a> {
     pub tls: bool,
     pub remote: Option<SocketAddr>,
     /// Wall-clock time of the request's first byte (RFC 3339).
-    pub ts: String,
+    pub ts: &'a str,
     /// Index of the HAR entry (offline analysis).
     pub entry: Option<usize>,
 }
@@ -243,6 +243,12 @@ impl Analyzer {
         };
     }
 
+    /// What counts as internal.
+    #[must_use]
+    pub fn destinations(&self) -> &Destinations {
+        &self.destinations
+    }
+
     /// Replaces what counts as internal (configuration reload).
     pub fn set_destinations(&mut self, destinations: Destinations) {
         self.destinations = destinations;
@@ -281,7 +287,7 @@ impl Analyzer {
         let mut remote_addr = spare.remote_addr;
         let call = Call {
             kind: "call",
-            ts: refill(spare.ts, &ctx.ts),
+            ts: refill(spare.ts, ctx.ts),
             entry: ctx.entry,
             pid: ctx.pid,
             comm: refill(spare.comm, ctx.comm),
@@ -461,7 +467,7 @@ mod tests {
                     tls_lib: (n % 3 == 1).then_some("openssl"),
                     tls: !n.is_multiple_of(3),
                     remote: remotes[n % 3],
-                    ts: format!("2026-11-23T02:43:{n:02}.000Z"),
+                    ts: &format!("2026-11-23T02:43:{n:02}.000Z"),
                     entry: n.is_multiple_of(5).then_some(n),
                 };
                 let want = fresh.analyze(&ctx, x);

@@ -121,20 +121,18 @@ impl Routes {
     pub fn template_into(&mut self, host: &str, target: &str, out: &mut String) {
         out.clear();
         let path = path_of(target);
-        // Hosts are the sender's to choose: their map keeps SipHash.
-        let host_key = if self.hosts.contains_key(host) {
-            host
-        } else {
-            let key = if self.hosts.len() < self.max_hosts {
-                host
-            } else {
-                ""
-            };
-            self.hosts.entry(key.to_owned()).or_default();
-            key
-        };
-        let Some(mut node) = self.hosts.get_mut(host_key) else {
-            return;
+        // Hosts are the sender's to choose: their map keeps SipHash. A known host (nearly
+        // every call's) is hashed once.
+        let mut node = match self.hosts.get_mut(host) {
+            Some(node) => node,
+            None => {
+                let key = if self.hosts.len() < self.max_hosts {
+                    host
+                } else {
+                    ""
+                };
+                self.hosts.entry(key.to_owned()).or_default()
+            }
         };
         out.reserve(path.len());
         for seg in path.split('/').skip(1) {

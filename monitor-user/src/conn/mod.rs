@@ -72,11 +72,7 @@ impl TableConfig {
 
 impl Default for TableConfig {
     fn default() -> Self {
-        Self {
-            http: Limits::default(),
-            max_connections: 65_536,
-            response_timeout_ns: 120_000_000_000,
-        }
+        Self::from_config(&crate::config::CaptureConfig::default())
     }
 }
 
@@ -205,25 +201,30 @@ impl ConnTable {
 
     /// Bytes on a connection.
     pub fn data(&mut self, d: &Data<'_>, out: &mut Vec<ConnEvent>) {
-        if !self.conns.contains_key(&d.conn_id) {
-            // Its open record was lost (ring buffer full): follow it from here, mid-stream.
-            self.open(
-                Opened {
-                    conn_id: d.conn_id,
-                    pid: d.pid,
-                    fd: d.fd,
-                    ts: d.ts,
-                    role: Role::Unknown,
-                    remote: None,
-                    comm: crate::capture::procfs::comm(d.pid).unwrap_or_default(),
-                    verified: false,
-                    fresh: false,
-                },
-                out,
-            );
-        }
-        let Some(conn) = self.conns.get_mut(&d.conn_id) else {
-            return;
+        // One lookup for a connection already followed, as nearly every record's is.
+        let conn = match self.conns.get_mut(&d.conn_id) {
+            Some(conn) => conn,
+            None => {
+                // Its open record was lost (ring buffer full): follow it from here, mid-stream.
+                self.open(
+                    Opened {
+                        conn_id: d.conn_id,
+                        pid: d.pid,
+                        fd: d.fd,
+                        ts: d.ts,
+                        role: Role::Unknown,
+                        remote: None,
+                        comm: crate::capture::procfs::comm(d.pid).unwrap_or_default(),
+                        verified: false,
+                        fresh: false,
+                    },
+                    out,
+                );
+                let Some(conn) = self.conns.get_mut(&d.conn_id) else {
+                    return;
+                };
+                conn
+            }
         };
         conn.last_ts = d.ts;
         if conn.muted {

@@ -1,7 +1,5 @@
 //! One direction of an HTTP/1.x connection: bytes in, messages out.
 
-use std::cell::RefCell;
-
 use super::{
     Body, Head, Header, Message, StartLine,
     body::{BodyDecoder, Framing},
@@ -103,8 +101,9 @@ enum State {
     Body(Box<Partial>),
 }
 
+/// A message whose body is being read; its box is reused (see [`spare::partial`]).
 #[derive(Debug)]
-struct Partial {
+pub(super) struct Partial {
     head: Head,
     head_bytes: u64,
     body: Body,
@@ -112,26 +111,6 @@ struct Partial {
     decoder: BodyDecoder,
     first_ts: u64,
     last_ts: u64,
-}
-
-thread_local! {
-    /// Boxes of messages in progress that ended, for the next message: one fewer allocation
-    /// per message (see [`spare`]).
-    #[expect(clippy::vec_box, reason = "the boxes are what is reused, as `State::Body`'s")]
-    static PARTIALS: RefCell<Vec<Box<Partial>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Boxes kept in [`PARTIALS`].
-const MAX_PARTIALS: usize = 32;
-
-fn boxed(partial: Partial) -> Box<Partial> {
-    match PARTIALS.with_borrow_mut(Vec::pop) {
-        Some(mut b) => {
-            *b = partial;
-            b
-        }
-        None => Box::new(partial),
-    }
 }
 
 /// Incremental parser for one direction of a connection.
@@ -455,7 +434,7 @@ impl StreamParser {
         self.start += end;
         self.searched = self.start;
         self.buf_ts = ts;
-        self.state = State::Body(boxed(Partial {
+        self.state = State::Body(spare::partial(Partial {
             head,
             head_bytes: end as u64,
             body,
@@ -486,11 +465,7 @@ impl StreamParser {
             last_ts: partial.last_ts,
             complete,
         };
-        PARTIALS.with_borrow_mut(|p| {
-            if p.len() < MAX_PARTIALS {
-                p.push(partial);
-            }
-        });
+        spare::keep_partial(partial);
         sink.message(self.direction, message);
     }
 

@@ -217,7 +217,16 @@ impl Session {
 
     /// Gives up on requests that started before `deadline` and are still unanswered.
     pub fn expire(&mut self, deadline: u64) {
-        self.keep_unfinished_head();
+        // Only the newest request can be unfinished, and it is given up only if it started
+        // before the deadline: an upload still in time keeps its head where it is.
+        if self
+            .pairing
+            .pending
+            .back()
+            .is_some_and(|p| p.started_ts < deadline)
+        {
+            self.keep_unfinished_head();
+        }
         while self
             .pairing
             .pending

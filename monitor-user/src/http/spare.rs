@@ -6,9 +6,10 @@
 
 use std::cell::RefCell;
 
-use super::{Body, Direction, Exchange, Head, Header, Message, StartLine};
+use super::{Body, Direction, Exchange, Head, Header, Message, StartLine, parser::Partial};
 
-/// Messages kept per direction: enough for the requests in flight between two drains.
+/// Messages kept per direction, and boxes of each kind: enough for the requests in flight
+/// between two drains.
 const MAX_SPARE: usize = 32;
 /// Headers kept beyond those of the kept messages (a head with fewer headers than the one
 /// whose buffers it reuses leaves some).
@@ -25,6 +26,12 @@ struct Spares {
     )]
     exchanges: Vec<Box<Exchange>>,
     headers: Vec<Header>,
+    /// Boxes of messages in progress that ended, for the next message's body.
+    #[expect(
+        clippy::vec_box,
+        reason = "the boxes are what is reused, as the parser's body state's"
+    )]
+    partials: Vec<Box<Partial>>,
 }
 
 thread_local! {
@@ -34,6 +41,7 @@ thread_local! {
             responses: Vec::new(),
             exchanges: Vec::new(),
             headers: Vec::new(),
+            partials: Vec::new(),
         })
     };
 }
@@ -118,6 +126,26 @@ pub(super) fn exchange(request: Message, response: Option<Message>) -> Box<Excha
         }
         None => Box::new(Exchange { request, response }),
     }
+}
+
+/// A message in progress in a box that held one before.
+pub(super) fn partial(partial: Partial) -> Box<Partial> {
+    match SPARES.with_borrow_mut(|s| s.partials.pop()) {
+        Some(mut b) => {
+            *b = partial;
+            b
+        }
+        None => Box::new(partial),
+    }
+}
+
+/// Hands back the box of a message in progress that ended (its contents moved out).
+pub(super) fn keep_partial(b: Box<Partial>) {
+    SPARES.with_borrow_mut(|s| {
+        if s.partials.len() < MAX_SPARE {
+            s.partials.push(b);
+        }
+    });
 }
 
 fn kept_bytes(m: &Message) -> usize {

@@ -8,7 +8,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::analysis::Call;
+use crate::analysis::{Analysis, Call};
 
 /// Writes events to a file or stdout, buffered; flushed on `flush` and on drop.
 pub struct EventWriter {
@@ -79,66 +79,46 @@ impl EventWriter {
             error,
         } = call;
         let o = &mut self.out;
-        o.write_all(b"{\"kind\":")?;
-        json_str(o, kind)?;
-        o.write_all(b",\"ts\":")?;
-        json_str(o, ts)?;
+        str_field(o, b"{\"kind\":", kind)?;
+        str_field(o, b",\"ts\":", ts)?;
         if let Some(entry) = entry {
-            o.write_all(b",\"entry\":")?;
-            json(o, entry)?;
+            num_field(o, b",\"entry\":", entry)?;
         }
         if let Some(pid) = pid {
-            o.write_all(b",\"pid\":")?;
-            json(o, pid)?;
+            num_field(o, b",\"pid\":", pid)?;
         }
-        o.write_all(b",\"comm\":")?;
-        json_str(o, comm)?;
-        o.write_all(b",\"direction\":")?;
-        json_str(o, direction.as_str())?;
-        o.write_all(if *tls {
-            b",\"tls\":true"
-        } else {
-            b",\"tls\":false"
-        })?;
+        str_field(o, b",\"comm\":", comm)?;
+        str_field(o, b",\"direction\":", direction.as_str())?;
+        bool_field(o, b",\"tls\":", *tls)?;
         if let Some(lib) = tls_library {
-            o.write_all(b",\"tls_library\":")?;
-            json_str(o, lib)?;
+            str_field(o, b",\"tls_library\":", lib)?;
         }
-        o.write_all(b",\"remote_addr\":")?;
         match remote_addr {
-            Some(addr) => json_str(o, addr)?,
-            None => o.write_all(b"null")?,
+            Some(addr) => str_field(o, b",\"remote_addr\":", addr)?,
+            None => o.write_all(b",\"remote_addr\":null")?,
         }
-        o.write_all(b",\"host\":")?;
-        json_str(o, host)?;
-        o.write_all(b",\"method\":")?;
-        json_str(o, method)?;
-        o.write_all(b",\"path\":")?;
-        json_str(o, path)?;
-        o.write_all(b",\"route\":")?;
-        json_str(o, route)?;
-        o.write_all(b",\"status\":")?;
-        json(o, status)?;
-        o.write_all(b",\"duration_ms\":")?;
-        json(o, duration_ms)?;
-        o.write_all(b",\"request_bytes\":")?;
-        json(o, request_bytes)?;
-        o.write_all(b",\"response_bytes\":")?;
-        json(o, response_bytes)?;
-        o.write_all(if *third_party {
-            b",\"third_party\":true"
-        } else {
-            b",\"third_party\":false"
-        })?;
-        o.write_all(b",\"auth\":")?;
-        json_str(o, auth)?;
+        str_field(o, b",\"host\":", host)?;
+        str_field(o, b",\"method\":", method)?;
+        str_field(o, b",\"path\":", path)?;
+        str_field(o, b",\"route\":", route)?;
+        num_field(o, b",\"status\":", status)?;
+        num_field(o, b",\"duration_ms\":", duration_ms)?;
+        num_field(o, b",\"request_bytes\":", request_bytes)?;
+        num_field(o, b",\"response_bytes\":", response_bytes)?;
+        bool_field(o, b",\"third_party\":", *third_party)?;
+        str_field(o, b",\"auth\":", auth)?;
         if let Some(error) = error {
-            o.write_all(b",\"error\":")?;
-            json_str(o, error)?;
+            str_field(o, b",\"error\":", error)?;
         }
         o.write_all(b"}\n")?;
         self.written += 1;
         Ok(())
+    }
+
+    /// A call's event, then its findings'.
+    pub fn write_analysis(&mut self, a: &Analysis) -> io::Result<()> {
+        self.write_call(&a.call)?;
+        a.findings.iter().try_for_each(|f| self.write(f))
     }
 
     /// Events written so far.
@@ -155,6 +135,31 @@ impl EventWriter {
 /// A value as serde_json writes it (numbers, `null`).
 fn json<T: Serialize + ?Sized>(out: &mut impl Write, value: &T) -> io::Result<()> {
     serde_json::to_writer(out, value).map_err(io::Error::other)
+}
+
+/// `key` (such as `,"host":`), then `value` as a JSON string.
+#[inline]
+fn str_field(out: &mut impl Write, key: &'static [u8], value: &str) -> io::Result<()> {
+    out.write_all(key)?;
+    json_str(out, value)
+}
+
+/// `key`, then `value` as serde_json writes it (a number, or `null`).
+#[inline]
+fn num_field<T: Serialize + ?Sized>(
+    out: &mut impl Write,
+    key: &'static [u8],
+    value: &T,
+) -> io::Result<()> {
+    out.write_all(key)?;
+    json(out, value)
+}
+
+/// `key`, then `true` or `false`.
+#[inline]
+fn bool_field(out: &mut impl Write, key: &'static [u8], value: bool) -> io::Result<()> {
+    out.write_all(key)?;
+    out.write_all(if value { b"true" } else { b"false" })
 }
 
 /// Whether serde_json escapes anything in `s`: a control character, `"` or `\\`. Eight bytes

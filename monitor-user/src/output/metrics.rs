@@ -92,15 +92,44 @@ fn series_index(call: &Call) -> usize {
         | usize::from(call.third_party) << 2
 }
 
-/// Kinds of `apimon_events_total`, as [`Metrics::count_event`] caches them.
-const EVENT_KINDS: [&str; 6] = [
-    "data",
-    "conn_open",
-    "conn_close",
-    "exec",
-    "exit",
-    "exec_mmap",
-];
+/// Kinds of ring buffer records, the `kind` of `apimon_events_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Data,
+    ConnOpen,
+    ConnClose,
+    Exec,
+    Exit,
+    ExecMapped,
+}
+
+impl EventKind {
+    /// Every kind, in declaration order (`kind as usize` indexes it).
+    pub const ALL: [Self; 6] = [
+        Self::Data,
+        Self::ConnOpen,
+        Self::ConnClose,
+        Self::Exec,
+        Self::Exit,
+        Self::ExecMapped,
+    ];
+
+    /// Its label.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Data => "data",
+            Self::ConnOpen => "conn_open",
+            Self::ConnClose => "conn_close",
+            Self::Exec => "exec",
+            Self::Exit => "exit",
+            Self::ExecMapped => "exec_mmap",
+        }
+    }
+}
+
+// `kind as usize` indexes arrays of `ALL.len()`: the last variant must be the last index.
+const _: () = assert!(EventKind::ExecMapped as usize + 1 == EventKind::ALL.len());
 
 /// `2xx`..`5xx`, or `none` when no response came.
 #[must_use]
@@ -160,8 +189,8 @@ pub struct Metrics {
     /// Alerts, anomalies, configuration reloads.
     pub alerting: AlertMetrics,
     hosts: Mutex<HostLabels>,
-    /// `events` per kind of [`EVENT_KINDS`], resolved on first use (every record counts).
-    event_counters: [OnceLock<IntCounter>; EVENT_KINDS.len()],
+    /// `events` per [`EventKind`], resolved on first use (every record counts).
+    event_counters: [OnceLock<IntCounter>; EventKind::ALL.len()],
     processes: Mutex<LabelLimiter>,
 }
 
@@ -391,13 +420,10 @@ impl Metrics {
     }
 
     /// Counts one ring buffer record of `kind` in `apimon_events_total`.
-    pub fn count_event(&self, kind: &str) {
-        match EVENT_KINDS.iter().position(|k| *k == kind) {
-            Some(i) => self.event_counters[i]
-                .get_or_init(|| self.events.with_label_values(&[kind]))
-                .inc(),
-            None => self.events.with_label_values(&[kind]).inc(),
-        }
+    pub fn count_event(&self, kind: EventKind) {
+        self.event_counters[kind as usize]
+            .get_or_init(|| self.events.with_label_values(&[kind.as_str()]))
+            .inc();
     }
 
     /// Counts a call.
@@ -412,7 +438,12 @@ impl Metrics {
             Some(slots) => (call.host.as_str(), slots),
             None => {
                 let label = limiter.label(&call.host);
-                (label, calls.entry(label.to_owned()).or_default())
+                // Hosts past the limit all share `other`: found without allocating its key.
+                let slots = match calls.get_mut(label) {
+                    Some(slots) => slots,
+                    None => calls.entry(label.to_owned()).or_default(),
+                };
+                (label, slots)
             }
         };
         let direction = call.direction.as_str();
@@ -459,7 +490,7 @@ impl Metrics {
     pub fn record_finding(&self, f: &crate::analysis::finding::Finding) {
         let host = self.host_label(&f.host);
         self.findings
-            .with_label_values(&[f.kind.as_str(), f.data_type.unwrap_or(""), &host])
+            .with_label_values(&[f.kind.as_str(), f.data_type.unwrap_or(""), host])
             .inc();
     }
 
@@ -476,30 +507,28 @@ impl Metrics {
             return;
         }
         let host = self.host_label(&call.host);
-        let process = {
-            let mut p = self
-                .processes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            p.label(&call.comm).to_owned()
-        };
-        let mut seen = std::collections::HashSet::new();
-        for (side, t) in types {
-            if seen.insert((*side, *t)) {
+        let process = self
+            .processes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .label(&call.comm);
+        // A call carries a few types: a scan of those before dedups without a set.
+        for (i, (side, t)) in types.iter().enumerate() {
+            if !types[..i].contains(&types[i]) {
                 self.data_flows
-                    .with_label_values(&[&process, &host, t.name(), side.as_str()])
+                    .with_label_values(&[process, host, t.name(), side.as_str()])
                     .inc();
             }
         }
     }
 
-    /// The host label a host gets (bounded).
-    pub fn host_label(&self, host: &str) -> String {
-        let mut hosts = self
-            .hosts
+    /// The host label a host gets (bounded): `host` itself, or `other`.
+    pub fn host_label<'a>(&self, host: &'a str) -> &'a str {
+        self.hosts
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        hosts.limiter.label(host).to_owned()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .limiter
+            .label(host)
     }
 
     /// The Prometheus text exposition of every metric.
@@ -536,14 +565,14 @@ mod tests {
         m.requests
             .with_label_values(&[
                 direction,
-                &host,
+                host,
                 method_label(&call.method),
                 status_class(call.status),
                 tls,
                 third,
             ])
             .inc();
-        let labels = [direction, host.as_str(), tls, third];
+        let labels = [direction, host, tls, third];
         if let Some(ms) = call.duration_ms {
             m.duration.with_label_values(&labels).observe(ms / 1000.0);
         }
@@ -613,15 +642,14 @@ mod tests {
     fn cached_event_counters_count_as_label_lookups_did() {
         let (cached, reference) = (Metrics::new(3), Metrics::new(3));
         for kind in [
-            "data",
-            "data",
-            "conn_open",
-            "exit",
-            "unknown_kind",
-            "exec_mmap",
+            EventKind::Data,
+            EventKind::Data,
+            EventKind::ConnOpen,
+            EventKind::Exit,
+            EventKind::ExecMapped,
         ] {
             cached.count_event(kind);
-            reference.events.with_label_values(&[kind]).inc();
+            reference.events.with_label_values(&[kind.as_str()]).inc();
         }
         assert_eq!(series(&cached), series(&reference));
     }
