@@ -110,12 +110,16 @@ pub struct ThirdParty {
     server: Child,
     /// Folder with the CA certificate clients trust.
     pub dir: PathBuf,
+    /// Held until the namespace is gone: the link name and addresses are fixed, so two
+    /// suites (or a suite and a helper's run) take turns instead of tearing down each other's.
+    _turn: fs::File,
 }
 
 impl ThirdParty {
     /// Creates the namespace and starts the API server (plaintext on 8080, TLS on 8443).
     #[must_use]
     pub fn start() -> Self {
+        let turn = take_turn(Path::new("/run/apimon-third-party.lock"));
         let netns = format!("apimon-test-{}", std::process::id());
         let (host_if, ns_if) = ("apimon-h0", "apimon-n0");
         // Leftovers of a run that was killed would hold the same names and addresses.
@@ -196,7 +200,12 @@ impl ThirdParty {
         assert_eq!(line.trim(), "listening", "API server did not start");
         wait_for_port(&format!("{API_ADDR}:8443"));
         wait_for_port(&format!("[{API_ADDR6}]:8080"));
-        Self { netns, server, dir }
+        Self {
+            netns,
+            server,
+            dir,
+            _turn: turn,
+        }
     }
 
     /// The CA file clients trust.
@@ -225,6 +234,22 @@ impl Drop for ThirdParty {
             .output();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Waits for the exclusive lock on `path` (created if missing), saying so when it has to.
+fn take_turn(path: &Path) -> fs::File {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::create(path).expect("lock file");
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let try_lock = |op| unsafe { libc::flock(file.as_raw_fd(), op) } == 0;
+    if !try_lock(libc::LOCK_EX | libc::LOCK_NB) {
+        eprintln!(
+            "waiting for {} (another suite uses the test namespace)",
+            path.display()
+        );
+        assert!(try_lock(libc::LOCK_EX), "locking {}", path.display());
+    }
+    file
 }
 
 fn wait_for_port(addr: &str) {
