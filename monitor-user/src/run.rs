@@ -17,6 +17,7 @@ use crate::{
     },
     capture::{
         control::{Control, TlsPolicy},
+        hold::OpenHold,
         host::{self, Check, Status},
         loader::{self, LoadOptions},
     },
@@ -90,6 +91,24 @@ fn state(config: &Config) -> anyhow::Result<(Option<Arc<Spool>>, Option<std::pat
 }
 
 /// Loads the file again on SIGHUP; a bad file is refused and the running one kept.
+/// The fanotify group that holds opens of OpenSSL until the opener is probed, when per-process
+/// probing asks for it; without one (no `CAP_SYS_ADMIN`, no fanotify) first calls may be missed.
+fn open_hold(capture: &crate::config::CaptureConfig) -> Option<Arc<OpenHold>> {
+    if !capture.tls || capture.tls_probe != TlsProbe::ThirdParty || !capture.tls_hold_opens {
+        return None;
+    }
+    match OpenHold::new() {
+        Ok(h) => Some(Arc::new(h)),
+        Err(e) => {
+            warn!(
+                "cannot hold opens of OpenSSL until processes are probed ({e}): a client's \
+                 calls in its first milliseconds may be missed"
+            );
+            None
+        }
+    }
+}
+
 fn reload(
     current: &mut Config,
     overrides: &Overrides,
@@ -198,14 +217,17 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
     ));
     let (reload_tx, reload_rx) = mpsc::channel();
     let (requests_tx, requests_rx) = mpsc::channel();
+    let requests_tx_hold = requests_tx.clone();
     let (notices_tx, notices_rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
 
+    let hold = open_hold(&config.capture);
     let policy = config.capture.tls.then(|| TlsPolicy {
         all: config.capture.tls_probe == TlsProbe::All,
         processes: config.capture.tls_processes.clone(),
         paths: config.capture.tls_paths.clone(),
+        hold: hold.clone(),
     });
     let (control, ring) = Control::new(kernel, policy, Arc::clone(&metrics));
     let table = ConnTable::new(TableConfig::from_config(&config.capture));
@@ -230,6 +252,22 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
         Arc::clone(&metrics),
     ));
 
+    let hold_thread = match hold {
+        Some(hold) => {
+            let stop = Arc::clone(&stop);
+            let requests = requests_tx_hold;
+            let expired = metrics.tls_holds.expired.clone();
+            Some(
+                thread::Builder::new()
+                    .name("apimon-hold".into())
+                    .spawn(move || hold.forward(&requests, &expired, &stop))?,
+            )
+        }
+        None => {
+            drop(requests_tx_hold);
+            None
+        }
+    };
     let control_thread = {
         let stop = Arc::clone(&stop);
         let ended = ended_tx.clone();
@@ -274,12 +312,13 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
     // programs, which detaches them all.
     let pipeline_ok = pipeline_thread.join().is_ok();
     let control_ok = control_thread.join().is_ok();
+    let hold_ok = hold_thread.is_none_or(|t| t.join().is_ok());
     // The pipeline has queued its last alerts; the dispatcher spools them, then stops.
     let _ = stop_alerts.send(true);
     let _ = dispatcher.await;
     let _ = stop_server.send(true);
     let _ = server_task.await;
-    if !pipeline_ok || !control_ok {
+    if !pipeline_ok || !control_ok || !hold_ok {
         bail!("an agent thread panicked; see the log above");
     }
     if let Some(which) = unexpected {

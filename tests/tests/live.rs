@@ -49,7 +49,19 @@ fn curl_over_plain_http_and_openssl_tls() {
         return;
     }
     let api = ThirdParty::start();
-    let agent = Agent::start();
+    // The API server only answers inbound calls: by default its TLS is not probed (see
+    // third_party_mode_probes_the_caller_not_the_inbound_server); named here, it is.
+    let dir = tests::scratch("curl-openssl");
+    let config = dir.join("apimon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\ntls_processes = [\"python3\"]\n[alerts]\nstate_dir = \"{}\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .expect("config");
+    let agent = Agent::start_with(&["--config", config.to_str().expect("utf-8 path")]);
     let plain = run_client(&mut curl(&api, "/v1/plain?token=abc", false));
     let tls = run_client(&mut curl(&api, "/v1/secure", true));
     let events = agent.stop();
@@ -73,7 +85,7 @@ fn curl_over_plain_http_and_openssl_tls() {
             .is_some_and(|d| d > 0.0)
     );
 
-    // The API server (python, OpenSSL) sees the same calls as ingress.
+    // The API server (python, OpenSSL, configured for probes) sees the same calls as ingress.
     let served = shapes(&calls_of(&events, api.server_pid()));
     assert_eq!(
         served,

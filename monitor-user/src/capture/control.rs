@@ -18,7 +18,12 @@ use aya::maps::{MapData, PerCpuArray};
 use common::{ConnState, FdKey, counter, proto};
 use tracing::{debug, info, warn};
 
-use super::{backfill, records::Opened, tls::TlsAttacher};
+use super::{
+    backfill,
+    hold::{HeldOpen, OpenHold},
+    records::Opened,
+    tls::TlsAttacher,
+};
 use crate::output::metrics::Metrics;
 
 /// Work for the control thread.
@@ -35,6 +40,8 @@ pub enum Request {
     Mute { pid: u32, fd: u32, conn_id: u64 },
     /// A process exited: drop what the kernel still holds for these fds, and its probes.
     Forget { pid: u32, fds: Vec<u32> },
+    /// A process is opening a file carrying OpenSSL and waits for our answer.
+    Hold(HeldOpen),
 }
 
 /// What the control thread tells the pipeline.
@@ -70,6 +77,8 @@ pub struct TlsPolicy {
     pub processes: Vec<String>,
     /// Extra files to inspect for OpenSSL at start.
     pub paths: Vec<std::path::PathBuf>,
+    /// Opens of files carrying OpenSSL wait for the opener's probes (see `hold`).
+    pub hold: Option<Arc<OpenHold>>,
 }
 
 /// What the control thread knows of a process, for TLS probing.
@@ -158,6 +167,7 @@ impl Control {
                 self.handle(r, notices);
             }
             self.run_due_scans();
+            self.hold_found();
             if last_export.elapsed() >= Duration::from_secs(1) {
                 self.export_counters();
                 last_export = Instant::now();
@@ -199,6 +209,7 @@ impl Control {
                 }
             }
             self.publish_tls();
+            self.hold_found();
         }
         let found = backfill::scan(std::process::id(), &mut self.next_id);
         let mut conns = 0;
@@ -284,6 +295,7 @@ impl Control {
                 }
             }
             Request::Peer { pid, third_party } => self.peer(pid, third_party),
+            Request::Hold(held) => self.hold(held),
             Request::Forget { pid, fds } => {
                 for fd in fds {
                     let _ = self.fds.remove(&FdKey { tgid: pid, fd });
@@ -291,6 +303,51 @@ impl Control {
                 self.interest.remove(&pid);
                 self.scans.remove(&pid);
                 self.unprobe(pid);
+            }
+        }
+    }
+
+    /// Probes a process opening a file carrying OpenSSL (unless it is known not to need it),
+    /// then lets the open go on. A process never seen before is probed provisionally: it is
+    /// about to use TLS, and its first connection decides.
+    fn hold(&mut self, held: HeldOpen) {
+        let Some(hold) = self.policy.hold.clone() else {
+            return;
+        };
+        // Expired meanwhile: the reader thread let it go and counted it.
+        if !hold.waiting(held) {
+            return;
+        }
+        let (pid, file) = (held.pid, held.file);
+        self.interest.entry(pid).or_insert(Interest::Provisional);
+        let probed = self.wants_probes(pid)
+            && self.probe_with(pid, |tls, ebpf| {
+                usize::from(tls.probe_file(ebpf, pid, file))
+            }) > 0;
+        if !hold.allow(held) {
+            return;
+        }
+        let outcomes = &self.metrics.tls_holds;
+        if probed {
+            outcomes.probed.inc();
+            self.publish_tls();
+        } else {
+            outcomes.skipped.inc();
+        }
+    }
+
+    /// Holds the opens of files newly found carrying OpenSSL.
+    fn hold_found(&mut self) {
+        let Some(tls) = self.tls.as_mut() else {
+            return;
+        };
+        let found = tls.take_found();
+        let Some(hold) = &self.policy.hold else {
+            return;
+        };
+        for path in found {
+            if let Err(e) = hold.watch(&path) {
+                debug!("cannot hold opens of {}: {e}", path.display());
             }
         }
     }

@@ -4,6 +4,7 @@
 pub mod backfill;
 pub mod control;
 pub mod elf;
+pub mod hold;
 pub mod host;
 pub mod loader;
 pub mod probe_events;

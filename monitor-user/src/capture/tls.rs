@@ -132,6 +132,8 @@ pub struct TlsAttacher {
     /// uprobe waits for an RCU grace period (tens of milliseconds), time in which a client
     /// like curl has already sent its request.
     programs: HashMap<FileId, Vec<FileId>>,
+    /// Files found carrying OpenSSL, not yet taken by `take_found`.
+    found: Vec<PathBuf>,
     failures: u64,
     reaper: Reaper,
 }
@@ -162,6 +164,7 @@ impl Default for TlsAttacher {
             everywhere: HashMap::new(),
             shared: HashMap::new(),
             programs: HashMap::new(),
+            found: Vec::new(),
             failures: 0,
             reaper: Reaper::start(),
         }
@@ -206,7 +209,7 @@ impl TlsAttacher {
         // Files already known to carry OpenSSL first: the process may be about to call it,
         // and reading the symbols of the others takes milliseconds.
         todo.sort_by_key(|(id, _)| !matches!(self.files.get(id), Some(FileState::Openssl(_))));
-        let mut attached = 0;
+        let mut attached = Vec::new();
         for (id, shown) in todo {
             if !inspect && !self.files.contains_key(&id) {
                 continue;
@@ -217,17 +220,17 @@ impl TlsAttacher {
                 continue;
             };
             if self.attach(ebpf, target, id, &symbols, &path, &shown) {
-                attached += 1;
+                attached.push(shown);
             }
         }
-        if attached > 0 {
-            info!("TLS: probing pid {pid} ({attached} files carrying OpenSSL)");
+        if !attached.is_empty() {
+            info!("TLS: probing pid {pid} in {}", attached.join(", "));
             if let Some(p) = self.procs.get(&pid) {
                 let files: Vec<FileId> = p.files.iter().copied().collect();
                 self.learn(pid, files);
             }
         }
-        attached
+        attached.len()
     }
 
     /// Probes a process that just executed a program known to use OpenSSL, in the files that
@@ -247,30 +250,49 @@ impl TlsAttacher {
                 files
             }
         };
-        let mut attached = 0;
-        for id in files {
-            let (Some(FileState::Openssl(symbols)), Some(shown)) =
-                (self.files.get(&id).copied(), self.shown.get(&id).cloned())
-            else {
-                continue;
-            };
-            if self.procs.get(&pid).is_some_and(|p| p.files.contains(&id)) {
-                continue;
-            }
-            let path = procfs::in_root(pid, &shown);
-            // The offsets belong to that file: a different one at the same path (a container's,
-            // an upgraded package) must not get a breakpoint in the middle of an instruction.
-            if file_id(&path) != Some(id) {
-                continue;
-            }
-            if self.attach(ebpf, target, id, &symbols, &path, &shown) {
-                attached += 1;
-            }
-        }
+        let attached = files
+            .into_iter()
+            .filter(|&id| self.attach_known(ebpf, target, id))
+            .count();
         if attached > 0 {
             debug!("TLS: probing pid {pid} at exec ({attached} files carrying OpenSSL)");
         }
         attached
+    }
+
+    /// Probes `pid` in one file known to carry OpenSSL, which it is opening. Returns whether
+    /// it has probes in that file now (attached earlier or just now).
+    pub fn probe_file(&mut self, ebpf: &mut Ebpf, pid: u32, id: FileId) -> bool {
+        if let Some(target) = NonZeroU32::new(pid) {
+            self.attach_known(ebpf, target, id);
+        }
+        self.procs.get(&pid).is_some_and(|p| p.files.contains(&id))
+    }
+
+    /// Probes `target` in a file already inspected and found carrying OpenSSL, reached through
+    /// the process's root. Returns whether probes were attached now.
+    fn attach_known(&mut self, ebpf: &mut Ebpf, target: NonZeroU32, id: FileId) -> bool {
+        let pid = target.get();
+        let (Some(FileState::Openssl(symbols)), Some(shown)) =
+            (self.files.get(&id).copied(), self.shown.get(&id).cloned())
+        else {
+            return false;
+        };
+        if self.procs.get(&pid).is_some_and(|p| p.files.contains(&id)) {
+            return false;
+        }
+        let path = procfs::in_root(pid, &shown);
+        // The offsets belong to that file: a different one at the same path (a container's,
+        // an upgraded package) must not get a breakpoint in the middle of an instruction.
+        if file_id(&path) != Some(id) {
+            return false;
+        }
+        self.attach(ebpf, target, id, &symbols, &path, &shown)
+    }
+
+    /// Files found carrying OpenSSL since the last call, by a path that reaches them now.
+    pub fn take_found(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.found)
     }
 
     /// Probes, in every process, each file carrying OpenSSL that `pid` maps and that is not
@@ -494,17 +516,24 @@ impl TlsAttacher {
 
     /// The OpenSSL functions of a file, read once per file.
     fn inspect(&mut self, id: FileId, path: &Path, shown: &str) -> Option<elf::OpensslSymbols> {
-        let state = *self
-            .files
-            .entry(id)
-            .or_insert_with(|| match elf::openssl_symbols(path) {
-                Ok(s) if s.usable() => FileState::Openssl(s),
-                Ok(_) => FileState::NoOpenssl,
-                Err(e) => {
-                    debug!("not probing {shown}: {e}");
-                    FileState::Failed
-                }
-            });
+        let state = match self.files.get(&id) {
+            Some(state) => *state,
+            None => {
+                let state = match elf::openssl_symbols(path) {
+                    Ok(s) if s.usable() => {
+                        self.found.push(path.to_owned());
+                        FileState::Openssl(s)
+                    }
+                    Ok(_) => FileState::NoOpenssl,
+                    Err(e) => {
+                        debug!("not probing {shown}: {e}");
+                        FileState::Failed
+                    }
+                };
+                self.files.insert(id, state);
+                state
+            }
+        };
         match state {
             FileState::Openssl(s) => {
                 self.shown.entry(id).or_insert_with(|| shown.to_owned());

@@ -166,21 +166,25 @@ pub struct CaptureConfig {
     /// Processes probed whatever they talk to, by name (`comm`) or executable path: servers
     /// whose inbound TLS calls matter, clients that reach third parties through a proxy.
     pub tls_processes: Vec<String>,
+    /// With `tls_probe = "third_party"`: a process opening a file carrying OpenSSL waits until
+    /// its probes are in (one RCU grace period, tens of milliseconds, at most 250 ms), so that
+    /// a client's first call is seen. Off: no process is ever delayed, and a client calling
+    /// within milliseconds of its start may have its first calls missed.
+    pub tls_hold_opens: bool,
 }
 
 /// Which processes get TLS probes: each probe costs a trap on every call of the process.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsProbe {
-    /// Processes that talk to third parties (new programs are probed from exec until their
-    /// first connection shows otherwise), plus `tls_processes`. TLS servers that only answer
-    /// inbound or internal traffic pay nothing. A process probed late (one that loads libssl
-    /// while running) may have its first TLS call missed: installing probes in a running
-    /// process waits for an RCU grace period.
+    /// Processes that talk to third parties (new programs, and processes opening OpenSSL, are
+    /// probed until their first connection shows otherwise), plus `tls_processes`. TLS servers
+    /// that only answer inbound or internal traffic pay nothing. See `tls_hold_opens` for how a
+    /// new client's first call is caught.
+    #[default]
     ThirdParty,
     /// Every process that uses OpenSSL, servers included, from its first instruction: no call
     /// is missed, every OpenSSL call on the host pays a uprobe trap.
-    #[default]
     All,
 }
 
@@ -195,8 +199,9 @@ impl Default for CaptureConfig {
             response_timeout: Duration::from_secs(120),
             tls: true,
             tls_paths: Vec::new(),
-            tls_probe: TlsProbe::All,
+            tls_probe: TlsProbe::ThirdParty,
             tls_processes: Vec::new(),
+            tls_hold_opens: true,
         }
     }
 }

@@ -181,6 +181,8 @@ pub struct Metrics {
     pub tls_late: IntCounter,
     /// `apimon_tls_attach_failures_total`.
     pub tls_failures: IntCounter,
+    /// `apimon_tls_held_opens_total{outcome}`: opens of OpenSSL held until probes were in.
+    pub tls_holds: HoldOutcomes,
     /// `apimon_reassembly_buffered_bytes`: memory held by connection state.
     pub buffered: IntGauge,
     /// `apimon_data_flow_calls_total{process,host,data_type,side}`: calls to third parties
@@ -227,6 +229,34 @@ pub(crate) fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter
 
 pub(crate) fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     register(registry, IntGauge::new(name, help))
+}
+
+/// `apimon_tls_held_opens_total` by outcome, resolved once.
+#[derive(Clone, Debug)]
+pub struct HoldOutcomes {
+    /// The process had its probes in that file when its open went on.
+    pub probed: IntCounter,
+    /// Let go unprobed: not wanted (its first peer was internal), or the file is not reachable
+    /// at the path it was seen at.
+    pub skipped: IntCounter,
+    /// Answered unprobed: it had waited `HOLD_LIMIT` already.
+    pub expired: IntCounter,
+}
+
+impl HoldOutcomes {
+    fn new(registry: &Registry) -> Self {
+        let v = counter_vec(
+            registry,
+            "apimon_tls_held_opens_total",
+            "Opens of files carrying OpenSSL held until the opening process was probed, by outcome: probed, skipped (not wanted), expired (let go unprobed after the hold limit).",
+            &["outcome"],
+        );
+        Self {
+            probed: v.with_label_values(&["probed"]),
+            skipped: v.with_label_values(&["skipped"]),
+            expired: v.with_label_values(&["expired"]),
+        }
+    }
 }
 
 /// Every `reason` of `apimon_events_lost_total`.
@@ -364,6 +394,7 @@ impl Metrics {
                 "apimon_tls_attach_failures_total",
                 "Files whose probes could not be attached.",
             ),
+            tls_holds: HoldOutcomes::new(&registry),
             buffered: gauge(
                 &registry,
                 "apimon_reassembly_buffered_bytes",

@@ -1,0 +1,293 @@
+//! Holds a process's open of a file carrying OpenSSL until its TLS probes are in.
+//!
+//! Installing a process's first uprobe waits for an RCU grace period (30-40 ms here), longer
+//! than curl takes from exec to its first request. A fanotify permission mark on each file
+//! carrying OpenSSL makes the kernel wait for our answer when a process opens one (ld.so loading
+//! libssl, a `dlopen`, an `exec` of a program with OpenSSL built in): the control thread probes
+//! the process, then allows the open. We never deny, and every hold has a deadline: a process is
+//! delayed, never stopped. If the agent dies, the kernel allows whatever was pending.
+
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::Sender,
+    },
+    time::{Duration, Instant},
+};
+
+use prometheus::IntCounter;
+use tracing::{debug, warn};
+
+use super::{control::Request, tls::FileId};
+
+/// Longest a process waits for its probes; past it, the open is allowed unprobed (the scan
+/// after its `exec` or `mmap` probes it a little later). Enforced here, not by the control
+/// thread, so that a busy control thread (start-up, a burst of attaches) never stalls a process
+/// longer than this.
+pub const HOLD_LIMIT: Duration = Duration::from_millis(250);
+
+/// How often expired holds are looked for: the worst wait is `HOLD_LIMIT` plus this.
+const EXPIRY_TICK: Duration = Duration::from_millis(20);
+
+/// A fanotify group with permission marks on files carrying OpenSSL, and the opens it holds.
+#[derive(Debug)]
+pub struct OpenHold {
+    group: OwnedFd,
+    /// Held opens by sequence number: whoever removes one (the control thread when done, the
+    /// reader thread at its deadline) answers it, exactly once.
+    pending: Mutex<HashMap<u64, Pending>>,
+    next: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// The event's descriptor of the file: the answer names it.
+    fd: OwnedFd,
+    deadline: Instant,
+}
+
+/// An open the kernel is holding until we answer it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldOpen {
+    /// The process opening the file.
+    pub pid: u32,
+    /// The file being opened.
+    pub file: FileId,
+    seq: u64,
+}
+
+impl OpenHold {
+    /// A fanotify group able to hold opens (needs `CAP_SYS_ADMIN`).
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the descriptor it returns is owned below.
+        let fd = unsafe {
+            libc::fanotify_init(
+                libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK,
+                (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: `fd` was just returned by fanotify_init and is owned by nobody else.
+            group: unsafe { OwnedFd::from_raw_fd(fd) },
+            pending: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// Holds every later open (and exec) of the file at `path` until answered.
+    pub fn watch(&self, path: &Path) -> io::Result<()> {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: valid descriptor and NUL-terminated path that outlives the call.
+        let r = unsafe {
+            libc::fanotify_mark(
+                self.group.as_raw_fd(),
+                libc::FAN_MARK_ADD,
+                libc::FAN_OPEN_PERM,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether `held` still waits (it may have expired meanwhile).
+    #[must_use]
+    pub fn waiting(&self, held: HeldOpen) -> bool {
+        self.lock().contains_key(&held.seq)
+    }
+
+    /// Lets the held open proceed; `false` if it had expired and was let go already.
+    pub fn allow(&self, held: HeldOpen) -> bool {
+        let pending = self.lock().remove(&held.seq);
+        pending.is_some_and(|p| {
+            self.answer(p.fd.as_raw_fd());
+            true
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        // A panic elsewhere while holding it cannot leave the map inconsistent.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn answer(&self, fd: i32) {
+        let response = libc::fanotify_response {
+            fd,
+            response: libc::FAN_ALLOW,
+        };
+        // SAFETY: writes one plain struct from the stack to a descriptor we own.
+        let n = unsafe {
+            libc::write(
+                self.group.as_raw_fd(),
+                (&raw const response).cast(),
+                size_of::<libc::fanotify_response>(),
+            )
+        };
+        if n < 0 {
+            // ENOENT: the kernel already gave up on it (the process was killed).
+            debug!("answering fanotify: {}", io::Error::last_os_error());
+        }
+    }
+
+    /// Lets go every hold past its deadline; returns how many.
+    fn expire(&self, now: Instant) -> u64 {
+        let expired: Vec<Pending> = {
+            let mut pending = self.lock();
+            let due: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(seq, _)| *seq)
+                .collect();
+            due.iter().filter_map(|seq| pending.remove(seq)).collect()
+        };
+        for p in &expired {
+            self.answer(p.fd.as_raw_fd());
+        }
+        expired.len() as u64
+    }
+
+    /// Reads held opens until `stop`: the agent's own are allowed at once (it reads these files
+    /// itself, and the control thread must never wait for itself), the others go to the
+    /// control thread as `Request::Hold`; those still waiting at their deadline are let go and
+    /// counted in `expired`. At the end every hold is answered.
+    pub fn forward(&self, requests: &Sender<Request>, expired: &IntCounter, stop: &AtomicBool) {
+        let me = std::process::id();
+        // Room for many events per read: a burst of program starts comes at once.
+        let mut buf = vec![0u8; 64 * size_of::<libc::fanotify_event_metadata>()];
+        let tick = i32::try_from(EXPIRY_TICK.as_millis()).unwrap_or(20);
+        while !stop.load(Ordering::Relaxed) {
+            expired.inc_by(self.expire(Instant::now()));
+            let mut pfd = libc::pollfd {
+                fd: self.group.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd on the stack.
+            if unsafe { libc::poll(&raw mut pfd, 1, tick) } <= 0 {
+                continue;
+            }
+            // SAFETY: reads into a buffer we own, within its length.
+            let n =
+                unsafe { libc::read(self.group.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let Ok(n) = usize::try_from(n) else {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
+                    warn!("reading fanotify events: {e}; opens are no longer held");
+                    break;
+                }
+                continue;
+            };
+            for (pid, fd) in events(&buf[..n]) {
+                // SAFETY: the kernel opened this descriptor for us with the event.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let file = file_id(&fd);
+                let Some(file) = file.filter(|_| pid != me) else {
+                    self.answer(fd.as_raw_fd());
+                    continue;
+                };
+                let seq = self.next.fetch_add(1, Ordering::Relaxed);
+                let deadline = Instant::now() + HOLD_LIMIT;
+                self.lock().insert(seq, Pending { fd, deadline });
+                if requests
+                    .send(Request::Hold(HeldOpen { pid, file, seq }))
+                    .is_err()
+                {
+                    // The control thread is gone.
+                    break;
+                }
+            }
+        }
+        // Nobody will answer after us: let every waiting process go.
+        self.expire(Instant::now() + HOLD_LIMIT);
+    }
+}
+/// `(pid, fd)` of each permission event in a read.
+fn events(mut buf: &[u8]) -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    let header = size_of::<libc::fanotify_event_metadata>();
+    while buf.len() >= header {
+        // SAFETY: at least `header` bytes remain; read_unaligned copes with any alignment.
+        let meta: libc::fanotify_event_metadata =
+            unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+        let len = meta.event_len as usize;
+        if len < header || len > buf.len() || meta.vers != libc::FANOTIFY_METADATA_VERSION {
+            break;
+        }
+        if meta.fd >= 0 {
+            out.push((u32::try_from(meta.pid).unwrap_or(0), meta.fd));
+        }
+        buf = &buf[len..];
+    }
+    out
+}
+
+fn file_id(fd: &OwnedFd) -> Option<FileId> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills the struct on success, and only then is it read.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: initialised by the successful fstat above.
+    let st = unsafe { st.assume_init() };
+    Some(FileId {
+        dev: st.st_dev,
+        inode: st.st_ino,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(pid: i32, fd: i32, len: u32) -> Vec<u8> {
+        let meta = libc::fanotify_event_metadata {
+            event_len: len,
+            vers: libc::FANOTIFY_METADATA_VERSION,
+            reserved: 0,
+            metadata_len: u16::try_from(size_of::<libc::fanotify_event_metadata>()).unwrap(),
+            mask: libc::FAN_OPEN_PERM,
+            fd,
+            pid,
+        };
+        let mut bytes = vec![0u8; len as usize];
+        // SAFETY: the buffer holds at least one metadata struct.
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), meta) };
+        bytes
+    }
+
+    #[test]
+    fn reads_every_event_and_skips_overflow_markers() {
+        let n = u32::try_from(size_of::<libc::fanotify_event_metadata>()).unwrap();
+        let mut buf = event(10, 5, n);
+        buf.extend(event(11, libc::FAN_NOFD, n));
+        // An event with trailing info records: its length covers them.
+        buf.extend(event(12, 7, n + 16));
+        assert_eq!(events(&buf), vec![(10, 5), (12, 7)]);
+    }
+
+    #[test]
+    fn stops_at_a_torn_or_foreign_event() {
+        let n = u32::try_from(size_of::<libc::fanotify_event_metadata>()).unwrap();
+        let mut buf = event(10, 5, n);
+        buf.extend(&event(11, 6, n)[..8]);
+        assert_eq!(events(&buf), vec![(10, 5)]);
+        let mut bad = event(10, 5, n);
+        bad[4] = 99;
+        assert!(events(&bad).is_empty());
+        assert!(events(&event(10, 5, 3)).is_empty());
+    }
+}
