@@ -260,8 +260,11 @@ pub mod counter {
     pub const RECORDS_NOT_HTTP: u32 = 6;
     /// Records dropped because the process's buffer could not be read.
     pub const READ_FAILED: u32 = 7;
+    /// Ops whose records after the first were not copied because the ring buffer was above
+    /// its high-water mark (their bytes also count in [`BYTES_NOT_COPIED`]).
+    pub const SHED_BODY: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]

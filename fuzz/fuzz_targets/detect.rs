@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
             version: 1,
             headers,
         },
-        body: Body { size: text.len() as u64, data: text.to_vec(), truncated: selector & 0x80 != 0 },
+        body: Body { size: text.len() as u64, data: text.to_vec(), truncated: selector & 0x80 != 0, shed: false },
         trailers: Vec::new(),
         head_bytes: 0,
         first_ts: 0,

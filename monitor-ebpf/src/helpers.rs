@@ -27,6 +27,13 @@ static SELF_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
 
+/// High-water mark of the ring buffer: while more bytes than this wait in it, an op forwards
+/// its first record only (the HTTP head, when the op starts a message) and ends with a
+/// payload-less record, so that the agent falls behind without the ring filling up and
+/// dropping heads at random. Set by the loader (half the ring); the initializer never sheds.
+#[unsafe(no_mangle)]
+static SHED_BYTES: u64 = u64::MAX;
+
 /// Nonzero: every process's OpenSSL calls are probed (`tls_probe = "all"`), not only those in
 /// the `PROBED` map.
 #[unsafe(no_mangle)]
@@ -274,6 +281,12 @@ impl Op {
     }
 }
 
+/// Whether the ring buffer is above its high-water mark (see [`SHED_BYTES`]).
+#[inline(always)]
+fn ring_above_high_water() -> bool {
+    EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) > global(&SHED_BYTES)
+}
+
 /// Submit flags: wake the reader only when enough has piled up (see [`WAKEUP_BYTES`]).
 #[inline(always)]
 fn wakeup_flags() -> u64 {
@@ -390,6 +403,12 @@ pub extern "C" fn apimon_emit_step() -> i64 {
         return 0;
     }
     if op.records >= u64::from(CHUNKS_PER_OP) {
+        return finish(op);
+    }
+    // The first record went out (it carries the head, if this op starts a message): under
+    // pressure the rest becomes a gap of known size rather than records the ring may drop.
+    if op.records > 0 && ring_above_high_water() {
+        count(counter::SHED_BODY, 1);
         return finish(op);
     }
     let n = if op.left > CHUNK_MAX as u64 {

@@ -200,6 +200,7 @@ fn message(body: Vec<u8>) -> Message {
             size: body.len() as u64,
             data: body,
             truncated: false,
+            shed: false,
         },
         trailers: Vec::new(),
         head_bytes: 0,

@@ -326,6 +326,7 @@ fn body(data: Vec<u8>, size: Option<i64>) -> Body {
         .unwrap_or(data.len() as u64);
     Body {
         truncated: (data.len() as u64) < real,
+        shed: false,
         size: real.max(data.len() as u64),
         data,
     }

@@ -13,3 +13,4 @@ pub mod http;
 pub mod output;
 pub mod pipeline;
 pub mod run;
+pub mod shed;

@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     alert::{Alert, alerter::Alerter},
@@ -22,13 +22,16 @@ use crate::{
     capture::{
         control::{Notice, Request},
         records::{self, Opened, Record, Role},
+        ring_fill::RingFill,
     },
     config::Config,
     conn::{ConnEvent, ConnTable},
+    http::Exchange,
     output::{
         events::EventWriter,
-        metrics::{EventKind, Metrics},
+        metrics::{EventKind, Metrics, ShedStage, StateKind},
     },
+    shed::{ShedConfig, Shedder},
 };
 
 /// Logs a record's identity and first bytes (escaped): what the kernel saw, for debugging.
@@ -187,6 +190,11 @@ pub struct Pipeline {
     /// Findings and anomalies to alerts; `None` when alerting is off.
     pub alerter: Option<Alerter>,
     pub clock: Clock,
+    /// Sheds work when the pipeline falls behind the kernel (see [`crate::shed`]).
+    pub shedder: Shedder,
+    /// Bytes waiting in the ring buffer above which the kernel cuts bodies short (its
+    /// `SHED_BYTES`, see `capture::loader::RingMarks`): the pipeline is beyond capacity too.
+    pub high_water: u64,
     /// What each process's peers were reported as (true: a third party).
     peers: HashMap<u32, bool>,
     out: Vec<ConnEvent>,
@@ -209,6 +217,9 @@ const TICK: Duration = Duration::from_millis(250);
 const POLL_MS: i32 = 20;
 /// Processes whose peers are remembered (see [`Pipeline::peer`]).
 const MAX_PEERS: usize = 65_536;
+/// Records handled per pass before notices and the tick get their turn: a ring that never
+/// empties (the agent beyond capacity) must not hold off timeouts and the memory budget.
+const MAX_BATCH: usize = 4096;
 
 impl Pipeline {
     #[must_use]
@@ -227,6 +238,8 @@ impl Pipeline {
             control,
             alerter: None,
             clock: Clock::new(),
+            shedder: Shedder::new(ShedConfig::default()),
+            high_water: u64::MAX,
             peers: HashMap::new(),
             out: Vec::new(),
             ts_buf: String::new(),
@@ -253,6 +266,16 @@ impl Pipeline {
         stop: &AtomicBool,
     ) {
         let fd = ring.as_raw_fd();
+        let fill = RingFill::new(fd)
+            .inspect_err(|e| {
+                warn!(
+                    "cannot read how full the ring buffer is ({e}); shedding follows the lag alone"
+                );
+            })
+            .ok();
+        // Records made before the pipeline ran waited for it to start, not for it to catch
+        // up: their age says nothing about load.
+        let started = Clock::monotonic_ns();
         let mut last_tick = Instant::now();
         loop {
             let stopping = stop.load(Ordering::Relaxed);
@@ -263,8 +286,18 @@ impl Pipeline {
             };
             // SAFETY: one valid pollfd; the ring buffer fd lives as long as `ring`.
             unsafe { libc::poll(&raw mut pfd, 1, if stopping { 0 } else { POLL_MS }) };
-            while let Some(item) = ring.next() {
+            let mut handled = 0;
+            while handled < MAX_BATCH
+                && let Some(item) = ring.next()
+            {
+                let ts = records::timestamp(&item).filter(|&ts| ts >= started);
+                self.observe_pressure(ts, fill.as_ref());
                 self.record(&item);
+                handled += 1;
+            }
+            if handled == 0 {
+                // Caught up: lets the shedder give levels back when traffic stops.
+                self.observe_pressure(None, fill.as_ref());
             }
             while let Ok(n) = notices.try_recv() {
                 self.notice(n);
@@ -330,6 +363,34 @@ impl Pipeline {
         self.out = out;
     }
 
+    /// Tells the shedder how far behind a record made at `ts` is (`None`: nothing waits, or
+    /// its age does not count), and whether the ring buffer is above its high-water mark.
+    fn observe_pressure(&mut self, ts: Option<u64>, fill: Option<&RingFill>) {
+        let now = Clock::monotonic_ns();
+        let lag = ts.map_or(0, |ts| now.saturating_sub(ts));
+        let full = fill.is_some_and(|f| f.bytes() > self.high_water);
+        if !self.shedder.observe(lag, full, now) {
+            return;
+        }
+        let level = self.shedder.level();
+        let every = self.shedder.sample_every();
+        self.table.set_shedding(self.shedder.keep_bodies(), every);
+        self.metrics.shed_level.set(i64::from(level));
+        let lag_ms = lag / 1_000_000;
+        let why = if full {
+            ", ring buffer over half full"
+        } else {
+            ""
+        };
+        match level {
+            0 => info!("caught up ({lag_ms} ms behind): analysing everything again"),
+            1 => info!("{lag_ms} ms behind the kernel{why}: analysing heads only, no bodies"),
+            _ => info!(
+                "{lag_ms} ms behind the kernel{why}: heads only, and one in {every} new connections per process"
+            ),
+        }
+    }
+
     /// Handles what the control thread found.
     pub fn notice(&mut self, notice: Notice) {
         let mut out = std::mem::take(&mut self.out);
@@ -393,7 +454,12 @@ impl Pipeline {
             .set(i64::try_from(self.table.len()).unwrap_or(i64::MAX));
         self.metrics
             .buffered
-            .set(i64::try_from(self.table.memory()).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.table.buffered()).unwrap_or(i64::MAX));
+        self.metrics.lag.set(self.shedder.lag_ns() as f64 / 1e9);
+        self.metrics
+            .state_evicted_total(StateKind::RouteSegments, self.analyzer.routes_not_learned());
+        self.metrics
+            .state_evicted_total(StateKind::DataMapFlows, self.outputs.data_map.dropped());
         if let Some(a) = self.alerter.as_mut() {
             let alerts = a.tick();
             self.outputs.alerts(&alerts, &self.metrics);
@@ -420,7 +486,16 @@ impl Pipeline {
     fn emit(&mut self, out: &mut Vec<ConnEvent>) {
         for event in out.drain(..) {
             match event {
-                ConnEvent::Exchange(info, x) => {
+                ConnEvent::Exchange(info, mut x) => {
+                    if !info.sampled {
+                        // Sampled out under load: counted, not analysed.
+                        self.metrics.shed(ShedStage::SampledOut).inc();
+                        crate::http::recycle(x);
+                        continue;
+                    }
+                    if shed_bodies(&mut x, self.shedder.keep_bodies()) {
+                        self.metrics.shed(ShedStage::Body).inc();
+                    }
                     // `2026-11-23T02:43:49.990Z`, in a buffer every call reuses.
                     self.ts_buf.clear();
                     let _ = write!(
@@ -463,7 +538,84 @@ impl Pipeline {
                     self.request(Request::Resolve { pid, fd, conn_id })
                 }
                 ConnEvent::Evicted => self.metrics.evicted.inc(),
+                ConnEvent::Dropped { calls } => self
+                    .metrics
+                    .lost
+                    .with_label_values(&["unresolved"])
+                    .inc_by(calls as u64),
             }
         }
+    }
+}
+
+/// Empties the bodies of `x` unless they are kept (`keep`); returns whether it lost body bytes
+/// to shedding, now or while it was parsed (see [`crate::http::Body::shed`]).
+fn shed_bodies(x: &mut Exchange, keep: bool) -> bool {
+    let mut shed = false;
+    for body in std::iter::once(&mut x.request.body).chain(x.response.as_mut().map(|r| &mut r.body))
+    {
+        if !keep && !body.data.is_empty() {
+            body.data.clear();
+            body.truncated = true;
+            body.shed = true;
+        }
+        shed |= body.shed;
+    }
+    shed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Body, Head, Message, StartLine};
+
+    fn message(body: &[u8], shed: bool) -> Message {
+        Message {
+            head: Head {
+                start: StartLine::Request {
+                    method: "POST".into(),
+                    target: "/".into(),
+                },
+                version: 1,
+                headers: Vec::new(),
+            },
+            body: Body {
+                data: body.to_vec(),
+                size: body.len() as u64,
+                truncated: shed,
+                shed,
+            },
+            trailers: Vec::new(),
+            head_bytes: 0,
+            first_ts: 0,
+            last_ts: 0,
+            complete: true,
+        }
+    }
+
+    #[test]
+    fn a_call_loses_its_bodies_to_shedding_once() {
+        let mut x = Exchange {
+            request: message(b"{}", false),
+            response: Some(message(b"", false)),
+        };
+        // Kept, nothing shed: analysed whole.
+        assert!(!shed_bodies(&mut x, true));
+        assert_eq!(x.request.body.data, b"{}");
+        // Shedding now: emptied, and said so.
+        assert!(shed_bodies(&mut x, false));
+        assert!(x.request.body.data.is_empty() && x.request.body.size == 2);
+        // No body at all: nothing to shed.
+        let mut empty = Exchange {
+            request: message(b"", false),
+            response: None,
+        };
+        assert!(!shed_bodies(&mut empty, false));
+        // Shed while parsed, kept now: still a call without its body.
+        let mut parsed = Exchange {
+            request: message(b"", false),
+            response: Some(message(b"", true)),
+        };
+        assert!(shed_bodies(&mut parsed, true));
     }
 }

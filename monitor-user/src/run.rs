@@ -19,12 +19,13 @@ use crate::{
         control::{Control, TlsPolicy},
         hold::OpenHold,
         host::{self, Check, Status},
-        loader::{self, LoadOptions},
+        loader::{self, LoadOptions, RingMarks},
     },
     config::{Config, Overrides, TlsProbe},
     conn::{ConnTable, TableConfig},
     output::{events::EventWriter, metrics::Metrics, server},
     pipeline::{Outputs, Pipeline},
+    shed::{ShedConfig, Shedder},
 };
 
 /// The analyzer a configuration describes (shared by `run` and `analyze`).
@@ -245,6 +246,12 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         requests_tx,
     );
+    pipeline.shedder = Shedder::new(ShedConfig::from_config(&config.capture));
+    pipeline.high_water = RingMarks::new(
+        config.capture.ring_buffer_bytes,
+        config.capture.wakeup_bytes,
+    )
+    .shed;
     pipeline.alerter = Some(Alerter::new(
         &config,
         novelty,

@@ -17,6 +17,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod load;
 pub mod receiver;
 
 /// The third party's address (TEST-NET-2: routes nowhere else).
@@ -383,6 +384,17 @@ impl Agent {
         self.child.as_ref().map(Child::id).expect("the agent runs")
     }
 
+    /// The agent's peak resident memory so far (`VmHWM`), in KiB; 0 if unknown.
+    #[must_use]
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Sends `signal` to the agent.
     pub fn signal(&self, signal: i32) {
         // SAFETY: signalling our own child.
@@ -476,6 +488,20 @@ impl Drop for Agent {
         let _ = fs::remove_file(self.events.with_extension("toml"));
         let _ = fs::remove_dir_all(self.events.with_extension("state"));
     }
+}
+
+/// The sum of every sample of `series` in a Prometheus text exposition: `series` is a metric
+/// name, optionally with the start of its labels (`apimon_shed_total{stage="body"`).
+#[must_use]
+pub fn metric_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with([' ', '{', ',', '}']))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// Runs a client to completion, panicking with its output if it fails; returns its pid.

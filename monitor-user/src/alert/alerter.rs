@@ -20,7 +20,7 @@ use super::{
 use crate::{
     analysis::{Analysis, CallDirection, detect::DataType, finding::FindingKind, inspect::Side},
     config::Config,
-    output::metrics::Metrics,
+    output::metrics::{Metrics, StateKind},
 };
 
 /// Something new is saved within this long, so that a crash does not announce it again.
@@ -273,6 +273,8 @@ impl Alerter {
             }
             self.publish_scores();
         }
+        self.metrics
+            .state_evicted_total(StateKind::KnownDestinations, self.novelty.evicted());
         if now.duration_since(self.last_save) >= SAVE_EVERY {
             self.last_save = now;
             self.save();

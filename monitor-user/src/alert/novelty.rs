@@ -53,6 +53,8 @@ pub struct Novelty {
     learning_until: SystemTime,
     max: usize,
     len: usize,
+    /// Entries forgotten to stay within `max` since start, or not loaded for it.
+    evicted: u64,
     clock: u64,
     dirty: bool,
     path: Option<PathBuf>,
@@ -69,6 +71,7 @@ impl Novelty {
             learning_until: SystemTime::now() + learning,
             max,
             len: 0,
+            evicted: 0,
             clock: 0,
             dirty: true,
             path: None,
@@ -81,6 +84,8 @@ impl Novelty {
                     })?;
                     n.learning_until = humantime::parse_rfc3339_weak(&doc.learning_until)
                         .unwrap_or(n.learning_until);
+                    // A smaller maximum than when it was saved: the rest is forgotten.
+                    n.evicted = doc.destinations.len().saturating_sub(max) as u64;
                     for e in doc.destinations.into_iter().take(max) {
                         n.known
                             .entry(e.host)
@@ -108,6 +113,13 @@ impl Novelty {
     #[must_use]
     pub const fn len(&self) -> usize {
         self.len
+    }
+
+    /// (Process, destination) pairs forgotten to stay within the maximum since start, or
+    /// left out of the saved state because it held more.
+    #[must_use]
+    pub const fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Whether nothing is known.
@@ -173,6 +185,7 @@ impl Novelty {
                 self.known.remove(&h);
             }
             self.len -= 1;
+            self.evicted += 1;
         }
     }
 
@@ -257,5 +270,6 @@ mod tests {
             n.observe("p", &format!("h{i}"), &[], "t");
         }
         assert_eq!(n.len(), 3);
+        assert_eq!(n.evicted(), 7);
     }
 }

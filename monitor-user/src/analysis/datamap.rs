@@ -100,6 +100,12 @@ impl DataMap {
         }
     }
 
+    /// Calls whose new flow was not kept because the map was full, since start.
+    #[must_use]
+    pub const fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
     /// Number of flows kept.
     #[must_use]
     pub fn len(&self) -> usize {

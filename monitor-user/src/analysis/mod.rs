@@ -249,6 +249,13 @@ impl Analyzer {
         &self.destinations
     }
 
+    /// Path segments the route table had no room to learn, since start (see
+    /// [`route::Routes::not_learned`]).
+    #[must_use]
+    pub const fn routes_not_learned(&self) -> u64 {
+        self.routes.not_learned()
+    }
+
     /// Replaces what counts as internal (configuration reload).
     pub fn set_destinations(&mut self, destinations: Destinations) {
         self.destinations = destinations;

@@ -64,6 +64,8 @@ pub struct Routes {
     max_hosts: usize,
     max_nodes: usize,
     nodes: usize,
+    /// Name segments templated as `{id}` only because the node cap was reached.
+    not_learned: u64,
 }
 
 /// FNV-1a, for the literals of one path position: they are few (at most `max_children`), so
@@ -106,7 +108,15 @@ impl Routes {
             max_hosts: 10_000,
             max_nodes: 1_000_000,
             nodes: 0,
+            not_learned: 0,
         }
+    }
+
+    /// Path segments not learned because the table was at its node cap, since start: each
+    /// was templated as `{id}` although it looked like a name. Counted per occurrence.
+    #[must_use]
+    pub const fn not_learned(&self) -> u64 {
+        self.not_learned
     }
 
     /// The route template of `target` on `host`.
@@ -129,6 +139,7 @@ impl Routes {
                 let key = if self.hosts.len() < self.max_hosts {
                     host
                 } else {
+                    // Hosts beyond the cap share one tree: its literals are learned as usual.
                     ""
                 };
                 self.hosts.entry(key.to_owned()).or_default()
@@ -139,8 +150,11 @@ impl Routes {
             out.push('/');
             let name = !is_value_segment(seg);
             let known = name && node.literals.contains_key(seg);
-            let literal = known
-                || (name && node.literals.len() < self.max_children && self.nodes < self.max_nodes);
+            let room = node.literals.len() < self.max_children;
+            let literal = known || (name && room && self.nodes < self.max_nodes);
+            if name && room && !literal {
+                self.not_learned += 1;
+            }
             if literal {
                 out.push_str(seg);
                 if !known {
@@ -261,6 +275,18 @@ mod tests {
             r.template("h", "/v1/users/42/orders"),
             "/v1/users/{id}/orders"
         );
+    }
+
+    #[test]
+    fn segments_beyond_the_node_cap_are_counted() {
+        let mut r = Routes::new(50);
+        r.max_nodes = 2;
+        assert_eq!(r.template("h", "/a/b/c"), "/a/b/{id}");
+        assert_eq!(r.not_learned(), 1);
+        // Known segments still match, and a value is no name: neither counts.
+        assert_eq!(r.template("h", "/a/b"), "/a/b");
+        assert_eq!(r.template("h", "/a/42"), "/a/{id}");
+        assert_eq!(r.not_learned(), 1);
     }
 
     #[test]

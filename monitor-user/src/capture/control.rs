@@ -24,7 +24,7 @@ use super::{
     records::Opened,
     tls::TlsAttacher,
 };
-use crate::output::metrics::Metrics;
+use crate::output::metrics::{Metrics, ShedStage};
 
 /// Work for the control thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -522,6 +522,8 @@ impl Control {
                 self.metrics.bytes_not_copied.inc_by(delta);
             } else if idx == counter::RECORDS_NOT_HTTP {
                 self.metrics.skipped_not_http.inc_by(delta);
+            } else if idx == counter::SHED_BODY {
+                self.metrics.shed(ShedStage::KernelBody).inc_by(delta);
             }
         }
     }

@@ -85,9 +85,11 @@ pub fn load(options: LoadOptions) -> Result<Kernel, LoadError> {
         return Err(LoadError::NotBuilt);
     }
     let pid = std::process::id();
+    let marks = RingMarks::new(options.ring_buffer_bytes, options.wakeup_bytes);
     let mut ebpf = EbpfLoader::new()
         .override_global("SELF_TGID", &pid, true)
-        .override_global("WAKEUP_BYTES", &options.wakeup_bytes, true)
+        .override_global("WAKEUP_BYTES", &marks.wakeup, true)
+        .override_global("SHED_BYTES", &marks.shed, true)
         .override_global("PROBE_ALL", &u8::from(options.probe_all), true)
         .map_max_entries(common::maps::EVENTS, options.ring_buffer_bytes)
         .load(OBJECT)
@@ -155,6 +157,10 @@ pub fn load(options: LoadOptions) -> Result<Kernel, LoadError> {
             .ok_or(LoadError::Map("PROBED"))?,
     )
     .map_err(|_wrong_type| LoadError::Map("PROBED"))?;
+    debug!(
+        "ring buffer {} bytes: wake-up at {}, shedding above {}",
+        options.ring_buffer_bytes, marks.wakeup, marks.shed
+    );
     Ok(Kernel {
         ebpf,
         ring,
@@ -166,10 +172,52 @@ pub fn load(options: LoadOptions) -> Result<Kernel, LoadError> {
     })
 }
 
+/// The kernel's two marks on a ring buffer: when it wakes the agent, and above what fill its
+/// data ops forward only their first record (`WAKEUP_BYTES` and `SHED_BYTES` in monitor-ebpf).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingMarks {
+    /// Bytes waiting before the reader is woken.
+    pub wakeup: u64,
+    /// Bytes waiting above which the kernel sheds bodies: the pipeline is beyond capacity.
+    pub shed: u64,
+}
+
+impl RingMarks {
+    /// Marks for a ring of `ring` bytes: shedding above half of it, and waking the reader by
+    /// a quarter at the latest, so that a small ring (or a large `wakeup_bytes`) never leaves
+    /// the agent asleep until the kernel sheds.
+    #[must_use]
+    pub fn new(ring: u32, wakeup_bytes: u64) -> Self {
+        let shed = u64::from(ring) / 2;
+        Self {
+            wakeup: wakeup_bytes.min(shed / 2),
+            shed,
+        }
+    }
+}
+
 fn attach_tracepoint(
     tp: &mut TracePoint,
     category: &str,
     name: &str,
 ) -> Result<(), aya::programs::ProgramError> {
     tp.attach(category, name).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RingMarks;
+
+    #[test]
+    fn ring_marks_wake_before_shedding() {
+        let marks = |ring, wakeup| {
+            let m = RingMarks::new(ring, wakeup);
+            (m.wakeup, m.shed)
+        };
+        // Defaults: 16 MiB ring, 64 KiB wake-up.
+        assert_eq!(marks(16 << 20, 64 << 10), (64 << 10, 8 << 20));
+        // The smallest ring: waking at 64 KiB would never happen; a quarter of it does.
+        assert_eq!(marks(64 << 10, 64 << 10), (16 << 10, 32 << 10));
+        assert_eq!(marks(64 << 10, 0), (0, 32 << 10));
+    }
 }

@@ -11,4 +11,5 @@ pub mod probe_events;
 pub mod procfs;
 pub mod reaper;
 pub mod records;
+pub mod ring_fill;
 pub mod tls;

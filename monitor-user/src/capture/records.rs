@@ -83,6 +83,12 @@ pub enum Record<'a> {
     },
 }
 
+/// When the kernel made a record (`bpf_ktime_get_ns`), from its header alone.
+#[must_use]
+pub fn timestamp(bytes: &[u8]) -> Option<u64> {
+    read::<RecordHeader>(bytes).ok().map(|h| h.ts_ns)
+}
+
 /// A record that does not match the layout this agent was built with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -232,6 +238,8 @@ mod tests {
             panic!("not data")
         };
         assert_eq!(d.payload, b"hello");
+        assert_eq!(timestamp(&b), Some(h.header.ts_ns));
+        assert_eq!(timestamp(&b[..8]), None);
         assert!(d.read && d.last && !d.tls);
         assert_eq!((d.pid, d.fd, d.seq, d.op_end), (42, 3, 100, 105));
     }

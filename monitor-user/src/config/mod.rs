@@ -146,7 +146,8 @@ impl PrivacyConfig {
 pub struct CaptureConfig {
     /// Size of the kernel ring buffer, bytes (a power of two, at least 64 KiB).
     pub ring_buffer_bytes: u32,
-    /// Bytes waiting in the ring buffer before the kernel wakes the agent (it also polls).
+    /// Bytes waiting in the ring buffer before the kernel wakes the agent (it also polls);
+    /// at most a quarter of the ring is used, to wake it before the kernel sheds.
     pub wakeup_bytes: u64,
     /// Body bytes kept per message for analysis; sizes are always counted in full.
     pub body_limit: usize,
@@ -154,6 +155,13 @@ pub struct CaptureConfig {
     pub max_header_bytes: usize,
     /// Connections followed at once; the least recently active is dropped beyond.
     pub max_connections: usize,
+    /// Bytes all connections may hold in reassembly buffers together; beyond, the least
+    /// recently active connections are dropped.
+    pub max_buffered_bytes: usize,
+    /// How far behind the kernel the agent may fall, and for how long, before it sheds work:
+    /// bodies first, then (at each doubling) analysing fewer new connections per process.
+    #[serde(deserialize_with = "duration")]
+    pub shed_lag: Duration,
     /// How long a request may wait for its response before it is reported without one.
     #[serde(deserialize_with = "duration")]
     pub response_timeout: Duration,
@@ -196,6 +204,8 @@ impl Default for CaptureConfig {
             body_limit: 64 * 1024,
             max_header_bytes: 64 * 1024,
             max_connections: 65_536,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            shed_lag: Duration::from_millis(100),
             response_timeout: Duration::from_secs(120),
             tls: true,
             tls_paths: Vec::new(),
@@ -375,6 +385,17 @@ impl Config {
         }
         if self.capture.max_connections == 0 {
             return Err(invalid("capture.max_connections", "must be at least 1"));
+        }
+        if self.capture.max_buffered_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "capture.max_buffered_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        // Records may wait for the next poll of the ring buffer (every 20 ms) before they
+        // are read: a shorter lag would shed work on an idle agent.
+        if self.capture.shed_lag < Duration::from_millis(50) {
+            return Err(invalid("capture.shed_lag", "must be at least 50ms"));
         }
         if self.capture.response_timeout.is_zero() {
             return Err(invalid(

@@ -1,6 +1,9 @@
 //! Connection table: follows each connection's byte streams (positions, gaps, TLS or not),
 //! feeds them to an HTTP session, and hands finished exchanges on with the connection's
-//! identity (process, peer, direction).
+//! identity (process, peer, direction). Memory is bounded: connections in number, and the
+//! bytes all of them buffer together; what goes to stay within is counted.
+
+mod sample;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,6 +13,7 @@ use std::{
 
 use common::stream_index;
 
+use self::sample::Sampler;
 use crate::{
     capture::records::{Data, Opened, Role},
     http::{Direction, Exchange, Limits, ParseError, Session, SessionEvent},
@@ -26,6 +30,9 @@ pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     /// TLS library whose plaintext this connection's calls came from.
     pub tls_lib: Option<&'static str>,
+    /// Whether its calls are analysed; false when sampled out under load (they are then
+    /// parsed, without bodies, only to be counted).
+    pub sampled: bool,
 }
 
 /// What the table produces.
@@ -41,8 +48,12 @@ pub enum ConnEvent {
     Mute { pid: u32, fd: u32, conn_id: u64 },
     /// The kernel could not tell the socket is TCP, or where it goes: look in /proc.
     Resolve { pid: u32, fd: u32, conn_id: u64 },
-    /// A connection was dropped to stay within the table's size.
+    /// A connection was dropped to stay within the table's size or its memory budget (its
+    /// requests in progress are reported, unanswered, before this).
     Evicted,
+    /// A connection turned out not to be a TCP socket (or was gone before userspace could
+    /// tell) and was dropped with `calls` requests in progress, not reported.
+    Dropped { calls: usize },
 }
 
 /// Limits and timeouts of the table.
@@ -51,6 +62,9 @@ pub struct TableConfig {
     pub http: Limits,
     /// Connections followed at most; the least recently active is dropped beyond.
     pub max_connections: usize,
+    /// Reassembly bytes all connections may hold together (see [`ConnTable::memory`]);
+    /// beyond, the least recently active are dropped at the next [`ConnTable::tick`].
+    pub max_buffered: usize,
     /// A request unanswered for this long (ns) is reported without a response.
     pub response_timeout_ns: u64,
 }
@@ -65,6 +79,7 @@ impl TableConfig {
                 body: c.body_limit,
             },
             max_connections: c.max_connections,
+            max_buffered: c.max_buffered_bytes,
             response_timeout_ns: u64::try_from(c.response_timeout.as_nanos()).unwrap_or(u64::MAX),
         }
     }
@@ -89,12 +104,25 @@ struct Conn {
     muted: bool,
 }
 
+impl Conn {
+    /// Approximate bytes this connection holds: its entry and its session's buffers.
+    fn memory(&self) -> usize {
+        256 + self.session.as_ref().map_or(0, Session::memory)
+    }
+}
+
 /// All connections being followed.
 #[derive(Debug)]
 pub struct ConnTable {
     config: TableConfig,
     conns: HashMap<u64, Conn>,
     by_pid: HashMap<u32, HashSet<u64>>,
+    /// Whether message bodies are kept for analysis (false while shedding load).
+    keep_bodies: bool,
+    /// Which new connections are analysed (all unless shedding load).
+    sampler: Sampler,
+    /// [`Self::memory`] as of the last [`Self::tick`].
+    buffered: usize,
 }
 
 fn lib_name(lib: u8) -> &'static str {
@@ -111,6 +139,27 @@ impl ConnTable {
             config,
             conns: HashMap::new(),
             by_pid: HashMap::new(),
+            keep_bodies: true,
+            sampler: Sampler::new(),
+            buffered: 0,
+        }
+    }
+
+    /// Sheds load (see `crate::shed`): bodies kept or not (heads only, sizes still counted),
+    /// from the next bytes on; and one in `sample_every` new connections per process
+    /// analysed, the others parsed without bodies to be counted ([`ConnInfo::sampled`]).
+    pub fn set_shedding(&mut self, keep_bodies: bool, sample_every: u32) {
+        self.keep_bodies = keep_bodies;
+        let eased = sample_every < self.sampler.every();
+        self.sampler.set_every(sample_every);
+        if eased {
+            // Connections left out take their turn again at the new rate: else a keep-alive
+            // connection sampled out in a burst would go unanalysed for as long as it lives.
+            for conn in self.conns.values_mut() {
+                if !conn.info.sampled && self.sampler.admit(conn.info.pid) {
+                    Arc::make_mut(&mut conn.info).sampled = true;
+                }
+            }
         }
     }
 
@@ -125,13 +174,16 @@ impl ConnTable {
         self.conns.is_empty()
     }
 
-    /// Approximate bytes held by all sessions.
+    /// Approximate bytes held by all sessions (a pass over the table).
     #[must_use]
     pub fn memory(&self) -> usize {
-        self.conns
-            .values()
-            .map(|c| 256 + c.session.as_ref().map_or(0, Session::memory))
-            .sum()
+        self.conns.values().map(Conn::memory).sum()
+    }
+
+    /// [`Self::memory`] as the last [`Self::tick`] left it, without a pass over the table.
+    #[must_use]
+    pub const fn buffered(&self) -> usize {
+        self.buffered
     }
 
     /// A connection starts (kernel record, or found open at start).
@@ -166,6 +218,7 @@ impl ConnTable {
             role: o.role,
             remote: o.remote,
             tls_lib: None,
+            sampled: self.sampler.admit(o.pid),
         };
         self.by_pid.entry(o.pid).or_default().insert(o.conn_id);
         self.conns.insert(
@@ -191,10 +244,16 @@ impl ConnTable {
                 }
             }
             None => {
-                if let Some(c) = self.conns.remove(&conn_id) {
-                    self.unindex(c.info.pid, conn_id);
+                let Some(c) = self.conns.remove(&conn_id) else {
+                    return;
+                };
+                self.unindex(c.info.pid, conn_id);
+                // Not a call to anyone we can name: its requests in progress are not reported,
+                // but counted.
+                let calls = c.session.as_ref().map_or(0, Session::pending);
+                if calls > 0 {
+                    out.push(ConnEvent::Dropped { calls });
                 }
-                let _ = out;
             }
         }
     }
@@ -260,6 +319,7 @@ impl ConnTable {
         let session = conn
             .session
             .get_or_insert_with(|| Session::new(limits, fresh, fresh));
+        session.set_shed_bodies(!(self.keep_bodies && conn.info.sampled));
         let idx = stream_index(d.tls, d.read);
         let mut payload = d.payload;
         match conn.expected[idx] {
@@ -323,13 +383,15 @@ impl ConnTable {
 
     /// The process exited: all its connections are over.
     pub fn exit(&mut self, pid: u32, out: &mut Vec<ConnEvent>) {
+        self.sampler.forget(pid);
         let ids: Vec<u64> = self.by_pid.remove(&pid).into_iter().flatten().collect();
         for id in ids {
             self.close(id, None, out);
         }
     }
 
-    /// Periodic work at capture time `now`: give up on requests unanswered for too long.
+    /// Periodic work at capture time `now`: give up on requests unanswered for too long,
+    /// and drop the least recently active connections while buffers exceed their budget.
     pub fn tick(&mut self, now: u64, out: &mut Vec<ConnEvent>) {
         let deadline = now.saturating_sub(self.config.response_timeout_ns);
         for conn in self.conns.values_mut() {
@@ -340,6 +402,32 @@ impl ConnTable {
                 Self::drain(conn, out);
             }
         }
+        self.buffered = self.enforce_budget(out);
+    }
+
+    /// Evicts the least recently active connections until [`Self::memory`] is within
+    /// `max_buffered`; returns what is held then. Checked per tick, not per record: the sum
+    /// is a pass over the table, and a tick's worth of records can only add so much.
+    fn enforce_budget(&mut self, out: &mut Vec<ConnEvent>) -> usize {
+        let mut used = self.memory();
+        if used <= self.config.max_buffered {
+            return used;
+        }
+        let mut by_age: Vec<(u64, u64, usize)> = self
+            .conns
+            .iter()
+            .map(|(id, c)| (c.last_ts, *id, c.memory()))
+            .collect();
+        by_age.sort_unstable();
+        for (_, id, held) in by_age {
+            if used <= self.config.max_buffered {
+                break;
+            }
+            self.close(id, None, out);
+            out.push(ConnEvent::Evicted);
+            used = used.saturating_sub(held);
+        }
+        used
     }
 
     /// Ends every connection (the agent is stopping).
@@ -585,6 +673,153 @@ mod tests {
         t.exit(10, &mut out);
         assert_eq!(exchanges(&out), vec![("GET".into(), None, 0)]);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn buffers_over_budget_evict_the_least_recently_active() {
+        let mut t = ConnTable::new(TableConfig {
+            max_buffered: 150_000,
+            ..TableConfig::default()
+        });
+        let mut out = Vec::new();
+        for id in 1..=3u64 {
+            let mut o = opened(id, Role::Client);
+            o.fd = id as u32;
+            t.open(o, &mut out);
+            let head = b"POST /up HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
+            let mut d = data(id, false, 0, head);
+            d.fd = id as u32;
+            d.ts = id;
+            t.data(&d, &mut out);
+            // 60 kB of the body arrive: each connection holds them until the body ends.
+            let body = vec![b'x'; 60_000];
+            let mut d = data(id, false, head.len() as u64, &body);
+            d.fd = id as u32;
+            d.ts = id;
+            t.data(&d, &mut out);
+        }
+        assert!(t.memory() > 150_000);
+        out.clear();
+        t.tick(10, &mut out);
+        assert!(t.memory() <= 150_000, "{}", t.memory());
+        assert_eq!(t.buffered(), t.memory());
+        assert_eq!(t.len(), 2);
+        let evicted = out
+            .iter()
+            .filter(|e| matches!(e, ConnEvent::Evicted))
+            .count();
+        assert_eq!(evicted, 1);
+        // The oldest went, and its unfinished call was reported.
+        assert!(!t.conns.contains_key(&1));
+        assert_eq!(exchanges(&out), vec![("POST".into(), None, 0)]);
+    }
+
+    /// Each exchange's bodies as kept: (request data, request size, whether shed, sampled).
+    fn bodies(out: &[ConnEvent]) -> Vec<(Vec<u8>, u64, bool, bool)> {
+        out.iter()
+            .filter_map(|e| match e {
+                ConnEvent::Exchange(info, x) => Some((
+                    x.request.body.data.clone(),
+                    x.request.body.size,
+                    x.request.body.shed,
+                    info.sampled,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bodies_are_not_kept_while_shedding_or_when_sampled_out() {
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        let post = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        t.open(opened(1, Role::Client), &mut out);
+        t.data(&data(1, false, 0, post), &mut out);
+        t.data(&data(1, true, 0, ok), &mut out);
+        t.set_shedding(false, 1);
+        t.data(&data(1, false, post.len() as u64, post), &mut out);
+        t.data(&data(1, true, ok.len() as u64, ok), &mut out);
+        // Sampling one in two: the process's first new connection is analysed, not the next.
+        t.set_shedding(true, 2);
+        for (id, fd) in [(2, 6), (3, 7)] {
+            let mut o = opened(id, Role::Client);
+            o.fd = fd;
+            t.open(o, &mut out);
+            let mut d = data(id, false, 0, post);
+            d.fd = fd;
+            t.data(&d, &mut out);
+            let mut d = data(id, true, 0, ok);
+            d.fd = fd;
+            t.data(&d, &mut out);
+        }
+        assert_eq!(
+            bodies(&out),
+            vec![
+                (b"hello".to_vec(), 5, false, true),
+                (Vec::new(), 5, true, true),
+                (b"hello".to_vec(), 5, false, true),
+                (Vec::new(), 5, true, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn connections_sampled_out_are_analysed_again_once_sampling_ends() {
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        t.set_shedding(false, 4);
+        for id in 0..8 {
+            let mut o = opened(id, Role::Client);
+            o.fd = id as u32;
+            t.open(o, &mut out);
+        }
+        let sampled = |t: &ConnTable| t.conns.values().filter(|c| c.info.sampled).count();
+        assert_eq!(sampled(&t), 2);
+        // Easing to one in two: of the six left out, three come back.
+        t.set_shedding(false, 2);
+        assert_eq!(sampled(&t), 5);
+        t.set_shedding(true, 1);
+        assert_eq!(sampled(&t), 8);
+    }
+
+    #[test]
+    fn a_body_cut_by_shedding_midway_is_marked_once_shedding_stops() {
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        t.open(opened(1, Role::Client), &mut out);
+        let head = b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nhello";
+        t.data(&data(1, false, 0, head), &mut out);
+        t.set_shedding(false, 1);
+        t.data(&data(1, false, head.len() as u64, b"world"), &mut out);
+        t.set_shedding(true, 1);
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        t.data(&data(1, true, 0, ok), &mut out);
+        assert_eq!(bodies(&out), vec![(b"hello".to_vec(), 10, true, true)]);
+    }
+
+    #[test]
+    fn a_connection_that_is_not_tcp_is_dropped_with_its_pending_calls_counted() {
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        let mut o = opened(1, Role::Client);
+        o.verified = false;
+        t.open(o, &mut out);
+        t.data(&data(1, false, 0, b"GET /a HTTP/1.1\r\n\r\n"), &mut out);
+        t.data(&data(1, false, 19, b"GET /b HTTP/1.1\r\n\r\n"), &mut out);
+        out.clear();
+        t.resolved(1, None, &mut out);
+        assert!(t.is_empty());
+        assert!(
+            matches!(out[..], [ConnEvent::Dropped { calls: 2 }]),
+            "{out:?}"
+        );
+        // Nothing in progress: nothing to count.
+        t.open(opened(2, Role::Client), &mut out);
+        out.clear();
+        t.resolved(2, None, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct Body {
     pub size: u64,
     /// Some bytes are missing from `data`: beyond the limit, or never captured.
     pub truncated: bool,
+    /// Some bytes were left out of `data` to shed load (see `crate::shed`); also `truncated`.
+    pub shed: bool,
 }
 
 impl Body {

@@ -118,6 +118,8 @@ pub(super) struct Partial {
 pub struct StreamParser {
     direction: Direction,
     limits: Limits,
+    /// Bodies are counted, not kept, to shed load: as if `limits.body` were 0.
+    shed_bodies: bool,
     state: State,
     /// Bytes not yet parsed: a head being collected, or the tail kept while resyncing.
     buf: Vec<u8>,
@@ -142,6 +144,7 @@ impl StreamParser {
         Self {
             direction,
             limits,
+            shed_bodies: false,
             state: if fresh { State::Head } else { State::Resync },
             buf: Vec::new(),
             start: 0,
@@ -151,6 +154,12 @@ impl StreamParser {
             // Joining mid-stream: the kernel forwards a record only if it starts a message.
             line_start: true,
         }
+    }
+
+    /// Keeps no body bytes from now on (sizes are still counted), or keeps them again. A body
+    /// that loses bytes this way is marked [`Body::shed`].
+    pub(crate) fn set_shed_bodies(&mut self, shed: bool) {
+        self.shed_bodies = shed;
     }
 
     /// The stream's first bytes were missed: look for a message start before parsing.
@@ -202,12 +211,7 @@ impl StreamParser {
                 let State::Body(partial) = &mut self.state else {
                     break;
                 };
-                match partial.decoder.feed(
-                    data,
-                    &mut partial.body,
-                    &mut partial.trailers,
-                    self.limits.body,
-                ) {
+                match feed(partial, data, self.limits.body, self.shed_bodies) {
                     Ok(fed) => {
                         partial.last_ts = ts;
                         data = &data[fed.consumed..];
@@ -294,12 +298,7 @@ impl StreamParser {
                     if input.is_empty() {
                         break;
                     }
-                    match partial.decoder.feed(
-                        input,
-                        &mut partial.body,
-                        &mut partial.trailers,
-                        self.limits.body,
-                    ) {
+                    match feed(partial, input, self.limits.body, self.shed_bodies) {
                         Ok(fed) => {
                             partial.last_ts = ts;
                             self.start += fed.consumed;
@@ -481,6 +480,27 @@ impl StreamParser {
 }
 
 /// End of the head (index after the blank line), searching from `from`.
+/// Feeds `data` to the body of `partial`, keeping up to `limit` bytes, or none while `shed`
+/// (then marking the body if that left bytes out).
+fn feed(
+    partial: &mut Partial,
+    data: &[u8],
+    limit: usize,
+    shed: bool,
+) -> Result<super::body::Fed, ParseError> {
+    let size = partial.body.size;
+    let fed = partial.decoder.feed(
+        data,
+        &mut partial.body,
+        &mut partial.trailers,
+        if shed { 0 } else { limit },
+    );
+    if shed && partial.body.size > size {
+        partial.body.shed = true;
+    }
+    fed
+}
+
 fn find_head_end(input: &[u8], from: usize) -> Option<usize> {
     let mut at = from.min(input.len());
     while let Some(i) = memchr::memchr(b'\n', &input[at..]) {

@@ -154,6 +154,12 @@ impl Session {
         }
     }
 
+    /// Keeps no body bytes from now on, sizes still counted (true), or keeps them again.
+    pub fn set_shed_bodies(&mut self, shed: bool) {
+        self.requests.set_shed_bodies(shed);
+        self.responses.set_shed_bodies(shed);
+    }
+
     /// Bytes of `direction` that arrived at `ts` (capture clock, ns).
     pub fn push(&mut self, direction: Direction, data: &[u8], ts: u64) {
         if self.pairing.upgraded {

@@ -170,6 +170,7 @@ fn keep(mut m: Message) {
     m.body.data.clear();
     m.body.size = 0;
     m.body.truncated = false;
+    m.body.shed = false;
     m.trailers.clear();
     SPARES.with_borrow_mut(|s| {
         let pool = match m.head.start {

@@ -7,8 +7,8 @@ use std::{
 };
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
+    Encoder as _, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
 };
 
 use super::alert_metrics::AlertMetrics;
@@ -131,6 +131,67 @@ impl EventKind {
 // `kind as usize` indexes arrays of `ALL.len()`: the last variant must be the last index.
 const _: () = assert!(EventKind::ExecMapped as usize + 1 == EventKind::ALL.len());
 
+/// Work not done under load, the `stage` of `apimon_shed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedStage {
+    /// Reads and writes whose records after the first the kernel did not copy, because the
+    /// ring buffer was more than half full (their bytes count in
+    /// `apimon_bytes_not_copied_total`).
+    KernelBody,
+    /// Calls analysed without (some of) their bodies: heads only.
+    Body,
+    /// Calls parsed and counted but not analysed or reported, on connections left out by
+    /// per-process sampling.
+    SampledOut,
+}
+
+impl ShedStage {
+    /// Every stage, in declaration order (`stage as usize` indexes it).
+    pub const ALL: [Self; 3] = [Self::KernelBody, Self::Body, Self::SampledOut];
+
+    /// Its label.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::KernelBody => "kernel_body",
+            Self::Body => "body",
+            Self::SampledOut => "sampled_out",
+        }
+    }
+}
+
+/// Bounded state that drops entries to stay within its bound, the `state` of
+/// `apimon_state_evicted_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateKind {
+    /// Path segments templated as `{id}` although they looked like names, because the route
+    /// table was at its node cap; counted per call that had one.
+    RouteSegments,
+    /// Calls whose (process, host, route) flow the data map could not keep (full).
+    DataMapFlows,
+    /// Least recently used (process, destination) pairs the alerter forgot.
+    KnownDestinations,
+}
+
+impl StateKind {
+    /// Every kind, in declaration order (`kind as usize` indexes it).
+    pub const ALL: [Self; 3] = [
+        Self::RouteSegments,
+        Self::DataMapFlows,
+        Self::KnownDestinations,
+    ];
+
+    /// Its label.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::RouteSegments => "route_segments",
+            Self::DataMapFlows => "data_map_flows",
+            Self::KnownDestinations => "known_destinations",
+        }
+    }
+}
+
 /// `2xx`..`5xx`, or `none` when no response came.
 #[must_use]
 pub fn status_class(status: Option<u16>) -> &'static str {
@@ -159,8 +220,18 @@ pub struct Metrics {
     pub events: IntCounterVec,
     /// `apimon_events_lost_total{reason}`: everything dropped, in the kernel or here.
     pub lost: IntCounterVec,
-    /// `apimon_bytes_not_copied_total`: bytes of calls too long to copy whole (sizes stay right).
+    /// `apimon_bytes_not_copied_total`: bytes of calls not copied whole, too long or shed
+    /// under load (sizes stay right).
     pub bytes_not_copied: IntCounter,
+    /// `apimon_shed_level`: 0 none, 1 heads only, `k >= 2` also one in `2^(k-1)` new
+    /// connections per process analysed.
+    pub shed_level: IntGauge,
+    /// `apimon_pipeline_lag_seconds`: age of the last record handled.
+    pub lag: Gauge,
+    /// `apimon_shed_total{stage}`, per [`ShedStage`].
+    shed: [IntCounter; ShedStage::ALL.len()],
+    /// `apimon_state_evicted_total{state}`, per [`StateKind`].
+    state_evicted: [IntCounter; StateKind::ALL.len()],
     /// `apimon_kernel_records_skipped_total`: records the kernel did not forward (not HTTP).
     pub skipped_not_http: IntCounter,
     /// `apimon_ready`: 1 once start-up (TLS probes, open connections) is done.
@@ -269,6 +340,7 @@ pub const LOST_REASONS: &[&str] = &[
     "read_failed",
     "decode_error",
     "output_error",
+    "unresolved",
 ];
 
 const CALL_LABELS: &[&str] = &["direction", "host", "tls", "third_party"];
@@ -347,8 +419,38 @@ impl Metrics {
             bytes_not_copied: counter(
                 &registry,
                 "apimon_bytes_not_copied_total",
-                "Bytes of reads and writes too long to copy whole; body sizes still count them.",
+                "Bytes of reads and writes not copied whole (too long, or shed under load); body sizes still count them.",
             ),
+            shed_level: gauge(
+                &registry,
+                "apimon_shed_level",
+                "Load shedding now: 0 none, 1 heads only, k >= 2 heads only and one in 2^(k-1) new connections per process analysed.",
+            ),
+            lag: register(
+                &registry,
+                Gauge::new(
+                    "apimon_pipeline_lag_seconds",
+                    "Age of the last kernel record the pipeline handled.",
+                ),
+            ),
+            shed: {
+                let shed = counter_vec(
+                    &registry,
+                    "apimon_shed_total",
+                    "Work not done under load, by stage: kernel_body (reads and writes cut to their first record), body (calls analysed heads only), sampled_out (calls counted, not analysed).",
+                    &["stage"],
+                );
+                ShedStage::ALL.map(|s| shed.with_label_values(&[s.as_str()]))
+            },
+            state_evicted: {
+                let evicted = counter_vec(
+                    &registry,
+                    "apimon_state_evicted_total",
+                    "Entries dropped or not kept to stay within a memory bound: route_segments, data_map_flows, known_destinations.",
+                    &["state"],
+                );
+                StateKind::ALL.map(|k| evicted.with_label_values(&[k.as_str()]))
+            },
             skipped_not_http: counter(
                 &registry,
                 "apimon_kernel_records_skipped_total",
@@ -372,7 +474,7 @@ impl Metrics {
             evicted: counter(
                 &registry,
                 "apimon_connections_evicted_total",
-                "Connections dropped to stay within the table size.",
+                "Connections dropped to stay within the table size or the reassembly memory budget.",
             ),
             tls_files: gauge(
                 &registry,
@@ -448,6 +550,19 @@ impl Metrics {
             let _ = metrics.registry.register(Box::new(pc));
         }
         metrics
+    }
+
+    /// `apimon_shed_total{stage}` of `stage`, resolved once.
+    #[must_use]
+    pub fn shed(&self, stage: ShedStage) -> &IntCounter {
+        &self.shed[stage as usize]
+    }
+
+    /// Raises `apimon_state_evicted_total{state}` of `kind` to `total`, the owner's count
+    /// since start (only that owner adds to the series, so its value is what was exported).
+    pub fn state_evicted_total(&self, kind: StateKind, total: u64) {
+        let counter = &self.state_evicted[kind as usize];
+        counter.inc_by(total.saturating_sub(counter.get()));
     }
 
     /// Counts one ring buffer record of `kind` in `apimon_events_total`.
@@ -686,6 +801,18 @@ mod tests {
     }
 
     #[test]
+    fn state_evictions_follow_their_owners_totals() {
+        let m = Metrics::new(10);
+        m.state_evicted_total(StateKind::DataMapFlows, 3);
+        m.state_evicted_total(StateKind::DataMapFlows, 3);
+        m.state_evicted_total(StateKind::DataMapFlows, 5);
+        assert!(
+            m.render()
+                .contains("apimon_state_evicted_total{state=\"data_map_flows\"} 5")
+        );
+    }
+
+    #[test]
     fn renders_contract_names() {
         let m = Metrics::new(10);
         m.events.with_label_values(&["data"]).inc();
@@ -695,6 +822,15 @@ mod tests {
             "apimon_events_total",
             "apimon_events_lost_total",
             "apimon_connections_tracked",
+            "apimon_events_lost_total{reason=\"unresolved\"} 0",
+            "apimon_shed_total{stage=\"kernel_body\"} 0",
+            "apimon_shed_total{stage=\"body\"} 0",
+            "apimon_shed_total{stage=\"sampled_out\"} 0",
+            "apimon_state_evicted_total{state=\"route_segments\"} 0",
+            "apimon_state_evicted_total{state=\"data_map_flows\"} 0",
+            "apimon_state_evicted_total{state=\"known_destinations\"} 0",
+            "apimon_shed_level 0",
+            "apimon_pipeline_lag_seconds 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
