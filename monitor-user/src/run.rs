@@ -91,7 +91,6 @@ fn state(config: &Config) -> anyhow::Result<(Option<Arc<Spool>>, Option<std::pat
     }
 }
 
-/// Loads the file again on SIGHUP; a bad file is refused and the running one kept.
 /// The fanotify group that holds opens of OpenSSL until the opener is probed, when per-process
 /// probing asks for it; without one (no `CAP_SYS_ADMIN`, no fanotify) first calls may be missed.
 fn open_hold(capture: &crate::config::CaptureConfig) -> Option<Arc<OpenHold>> {
@@ -99,7 +98,10 @@ fn open_hold(capture: &crate::config::CaptureConfig) -> Option<Arc<OpenHold>> {
         return None;
     }
     match OpenHold::new() {
-        Ok(h) => Some(Arc::new(h)),
+        Ok(h) => {
+            crate::capture::hold::raise_fd_limit();
+            Some(Arc::new(h))
+        }
         Err(e) => {
             warn!(
                 "cannot hold opens of OpenSSL until processes are probed ({e}): a client's \
@@ -110,6 +112,7 @@ fn open_hold(capture: &crate::config::CaptureConfig) -> Option<Arc<OpenHold>> {
     }
 }
 
+/// Loads the file again on SIGHUP; a bad file is refused and the running one kept.
 fn reload(
     current: &mut Config,
     overrides: &Overrides,

@@ -165,37 +165,39 @@ impl OpenHold {
     /// control thread as `Request::Hold`; those still waiting at their deadline are let go and
     /// counted in `expired`. At the end every hold is answered.
     pub fn forward(&self, requests: &Sender<Request>, expired: &IntCounter, stop: &AtomicBool) {
+        // Whatever ends this loop (stop, the control thread gone, an error, a panic), the
+        // marks go and every open waiting is let go: nobody answers after this thread.
+        let _release = Release(self);
         let me = std::process::id();
         // Room for many events per read: a burst of program starts comes at once.
         let mut buf = vec![0u8; 64 * size_of::<libc::fanotify_event_metadata>()];
         let tick = i32::try_from(EXPIRY_TICK.as_millis()).unwrap_or(20);
         while !stop.load(Ordering::Relaxed) {
             expired.inc_by(self.expire(Instant::now()));
-            let mut pfd = libc::pollfd {
-                fd: self.group.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one pollfd on the stack.
-            if unsafe { libc::poll(&raw mut pfd, 1, tick) } <= 0 {
+            if !self.wait_readable(tick) {
                 continue;
             }
-            // SAFETY: reads into a buffer we own, within its length.
-            let n =
-                unsafe { libc::read(self.group.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            let Ok(n) = usize::try_from(n) else {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
-                    warn!("reading fanotify events: {e}; opens are no longer held");
-                    break;
+            let n = match self.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if transient(&e) => {
+                    // The kernel could not give us the file (no fd left, no memory): it has
+                    // answered that open itself; keep serving the others.
+                    warn!("reading fanotify events: {e}");
+                    std::thread::sleep(EXPIRY_TICK);
+                    continue;
                 }
-                continue;
+                Err(e) => {
+                    warn!("reading fanotify events: {e}; opens are no longer held");
+                    return;
+                }
             };
+            let mut gone = false;
             for (pid, fd) in events(&buf[..n]) {
                 // SAFETY: the kernel opened this descriptor for us with the event.
                 let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                let file = file_id(&fd);
-                let Some(file) = file.filter(|_| pid != me) else {
+                // Pid 0: a kernel thread, or a process outside our pid namespace.
+                let file = file_id(&fd).filter(|_| pid != me && pid != 0 && !gone);
+                let Some(file) = file else {
                     self.answer(fd.as_raw_fd());
                     continue;
                 };
@@ -206,15 +208,94 @@ impl OpenHold {
                     .send(Request::Hold(HeldOpen { pid, file, seq }))
                     .is_err()
                 {
-                    // The control thread is gone.
-                    break;
+                    // The control thread is gone: answer this one and the rest of the batch.
+                    gone = true;
+                    self.expire(Instant::now() + HOLD_LIMIT);
                 }
             }
+            if gone {
+                return;
+            }
         }
-        // Nobody will answer after us: let every waiting process go.
+    }
+
+    fn wait_readable(&self, timeout_ms: i32) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.group.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd on the stack.
+        unsafe { libc::poll(&raw mut pfd, 1, timeout_ms) > 0 }
+    }
+
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: reads into a buffer we own, within its length.
+        let n = unsafe { libc::read(self.group.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        usize::try_from(n).map_err(|_negative| io::Error::last_os_error())
+    }
+
+    /// Removes every mark, then lets go of every open still waiting or queued.
+    fn release_all(&self) {
+        // SAFETY: flushing the group's inode marks takes no path.
+        unsafe {
+            libc::fanotify_mark(
+                self.group.as_raw_fd(),
+                libc::FAN_MARK_FLUSH,
+                0,
+                libc::AT_FDCWD,
+                std::ptr::null(),
+            );
+        }
+        let mut buf = vec![0u8; 64 * size_of::<libc::fanotify_event_metadata>()];
+        while let Ok(n) = self.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            for (_, fd) in events(&buf[..n]) {
+                // SAFETY: the kernel opened this descriptor for us with the event.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                self.answer(fd.as_raw_fd());
+            }
+        }
         self.expire(Instant::now() + HOLD_LIMIT);
     }
 }
+
+/// Runs `release_all` when the reader ends, panics included.
+struct Release<'a>(&'a OpenHold);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release_all();
+    }
+}
+
+/// Read errors after which the reader goes on: the kernel answered the event it could not
+/// hand over (it denies that one open; see `raise_fd_limit`).
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EINTR | libc::EAGAIN)
+    )
+}
+
+/// Raises the soft limit on open files to the hard one: the kernel refuses an open it holds
+/// when it cannot give us a descriptor for it, and each probed process takes a few.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit on a struct on the stack.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim);
+        }
+    }
+}
+
 /// `(pid, fd)` of each permission event in a read.
 fn events(mut buf: &[u8]) -> Vec<(u32, i32)> {
     let mut out = Vec::new();
@@ -263,9 +344,11 @@ mod tests {
             fd,
             pid,
         };
-        let mut bytes = vec![0u8; len as usize];
+        let size = size_of::<libc::fanotify_event_metadata>();
+        let mut bytes = vec![0u8; size.max(len as usize)];
         // SAFETY: the buffer holds at least one metadata struct.
         unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), meta) };
+        bytes.truncate(len as usize);
         bytes
     }
 
