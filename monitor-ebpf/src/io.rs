@@ -137,15 +137,10 @@ fn enter_with(fd: u64, read: bool, kind: u32, buffer: impl FnOnce() -> Option<(u
     match st.raw_proto {
         proto::HTTP => {}
         proto::OTHER => return 0,
-        _ if !openssl::probed(tgid) => {
-            // Nobody reads this process's TLS plaintext: its TLS sockets cost this lookup.
-            if st.raw_proto == proto::TLS {
-                return 0;
-            }
-        }
-        _ => {
-            // Not known to be plain HTTP: this may be the socket under a TLS library call,
-            // whose bytes are ciphertext and whose plaintext the uprobes carry.
+        _ if openssl::probed(tgid) => {
+            // Not known to be plain HTTP, in a process whose OpenSSL calls are probed: this
+            // may be the socket under a TLS library call, whose bytes are ciphertext and whose
+            // plaintext the uprobes carry.
             if openssl::nested_syscall(id, fd, st, read) {
                 return 0;
             }
@@ -161,6 +156,9 @@ fn enter_with(fd: u64, read: bool, kind: u32, buffer: impl FnOnce() -> Option<(u
                 return 0;
             }
         }
+        // Nobody reads this process's TLS plaintext: its TLS sockets cost the lookup above.
+        proto::TLS => return 0,
+        _ => {}
     }
     let Some((ptr, len)) = buffer() else { return 0 };
     let args = SyscallArgs {

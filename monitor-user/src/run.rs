@@ -19,7 +19,7 @@ use crate::{
         control::{Control, TlsPolicy},
         hold::OpenHold,
         host::{self, Check, Status},
-        loader::{self, LoadOptions, RingMarks},
+        loader::{self, LoadOptions},
     },
     config::{Config, Overrides, TlsProbe},
     conn::{ConnTable, TableConfig},
@@ -193,10 +193,13 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // Without TLS capture nothing is probed: the kernel must not keep TLS bookkeeping for
+    // every process.
+    let probe_all = config.capture.tls && config.capture.tls_probe == TlsProbe::All;
     let kernel = loader::load(LoadOptions {
         ring_buffer_bytes: config.capture.ring_buffer_bytes,
         wakeup_bytes: config.capture.wakeup_bytes,
-        probe_all: config.capture.tls_probe == TlsProbe::All,
+        probe_all,
         verify_only: false,
     })?;
     info!("{} tracepoints attached", kernel.tracepoints);
@@ -221,18 +224,20 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
     ));
     let (reload_tx, reload_rx) = mpsc::channel();
     let (requests_tx, requests_rx) = mpsc::channel();
-    let requests_tx_hold = requests_tx.clone();
     let (notices_tx, notices_rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
 
     let hold = open_hold(&config.capture);
+    // Only while the hold thread runs: the control thread stops once every sender is gone.
+    let hold_requests = hold.is_some().then(|| requests_tx.clone());
     let policy = config.capture.tls.then(|| TlsPolicy {
-        all: config.capture.tls_probe == TlsProbe::All,
+        all: probe_all,
         processes: config.capture.tls_processes.clone(),
         paths: config.capture.tls_paths.clone(),
         hold: hold.clone(),
     });
+    let high_water = kernel.marks.shed;
     let (control, ring) = Control::new(kernel, policy, Arc::clone(&metrics));
     let table = ConnTable::new(TableConfig::from_config(&config.capture));
     let outputs = Outputs {
@@ -250,11 +255,7 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
         requests_tx,
     );
     pipeline.shedder = Shedder::new(ShedConfig::from_config(&config.capture));
-    pipeline.high_water = RingMarks::new(
-        config.capture.ring_buffer_bytes,
-        config.capture.wakeup_bytes,
-    )
-    .shed;
+    pipeline.high_water = high_water;
     pipeline.alerter = Some(Alerter::new(
         &config,
         novelty,
@@ -262,10 +263,9 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
         Arc::clone(&metrics),
     ));
 
-    let hold_thread = match hold {
-        Some(hold) => {
+    let hold_thread = match hold.zip(hold_requests) {
+        Some((hold, requests)) => {
             let stop = Arc::clone(&stop);
-            let requests = requests_tx_hold;
             let expired = metrics.tls_holds.expired.clone();
             Some(
                 thread::Builder::new()
@@ -273,10 +273,7 @@ async fn serve(mut config: Config, overrides: Overrides) -> anyhow::Result<()> {
                     .spawn(move || hold.forward(&requests, &expired, &stop))?,
             )
         }
-        None => {
-            drop(requests_tx_hold);
-            None
-        }
+        None => None,
     };
     let control_thread = {
         let stop = Arc::clone(&stop);

@@ -54,7 +54,8 @@ pub enum Notice {
         conn_id: u64,
         remote: Option<SocketAddr>,
     },
-    /// Start-up work is done: TLS libraries probed, open connections found.
+    /// Start-up work is done: TLS libraries inspected, processes probed where due, open
+    /// connections found.
     Ready,
 }
 
@@ -178,39 +179,10 @@ impl Control {
     }
 
     /// Start-up: inspect TLS libraries, probe configured processes, then find connections
-    /// already open (those to third parties get their processes probed through the pipeline).
+    /// already open (the processes of those to remote peers are probed provisionally; the
+    /// pipeline's verdict on each peer follows).
     fn start(&mut self, notices: &Sender<Notice>) {
-        if let Some(tls) = self.tls.as_mut() {
-            super::probe_events::remove_stale();
-            let mut paths = super::tls::default_candidates();
-            paths.extend(self.policy.paths.iter().cloned());
-            for p in paths {
-                if self.policy.all {
-                    tls.probe_path_everywhere(&mut self.ebpf, &p);
-                } else {
-                    tls.inspect_path(&p);
-                }
-            }
-            let me = std::process::id();
-            for pid in super::procfs::pids() {
-                if pid == me {
-                    continue;
-                }
-                if let Some(tls) = self.tls.as_mut() {
-                    if self.policy.all {
-                        tls.probe_everywhere(&mut self.ebpf, pid);
-                        continue;
-                    }
-                    tls.inspect_pid(pid);
-                }
-                if self.configured(pid) {
-                    self.interest.insert(pid, Interest::Wanted);
-                    self.probe(pid, true);
-                }
-            }
-            self.publish_tls();
-            self.hold_found();
-        }
+        self.start_tls();
         let found = backfill::scan(std::process::id(), &mut self.next_id);
         let mut conns = 0;
         let mut clients = Vec::new();
@@ -231,7 +203,7 @@ impl Control {
         }
         // Processes already talking to a remote peer are probed before `ready`, so that their
         // next call is seen; the pipeline's verdict on the peer follows and may unprobe them.
-        if !self.policy.all {
+        if self.tls.is_some() && !self.policy.all {
             clients.sort_unstable();
             clients.dedup();
             for pid in clients {
@@ -242,6 +214,40 @@ impl Control {
         }
         info!("found {conns} TCP connections open before start");
         let _ = notices.send(Notice::Ready);
+    }
+
+    /// Start-up of TLS capture: stale uprobes go, every file carrying OpenSSL is inspected
+    /// (with `tls_probe = "all"`: probed in every process), configured processes are probed.
+    fn start_tls(&mut self) {
+        let Some(tls) = self.tls.as_mut() else {
+            return;
+        };
+        super::probe_events::remove_stale();
+        let mut paths = super::tls::default_candidates();
+        paths.extend(self.policy.paths.iter().cloned());
+        for p in paths {
+            if self.policy.all {
+                tls.probe_path_everywhere(&mut self.ebpf, &p);
+            } else {
+                tls.inspect_path(&p);
+            }
+        }
+        let me = std::process::id();
+        for pid in super::procfs::pids().into_iter().filter(|&pid| pid != me) {
+            if self.policy.all {
+                self.probe(pid, true);
+                continue;
+            }
+            if let Some(tls) = self.tls.as_mut() {
+                tls.inspect_pid(pid);
+            }
+            if self.configured(pid) {
+                self.interest.insert(pid, Interest::Wanted);
+                self.probe(pid, true);
+            }
+        }
+        self.publish_tls();
+        self.hold_found();
     }
 
     fn handle(&mut self, request: Request, notices: &Sender<Notice>) {
@@ -380,14 +386,14 @@ impl Control {
         let before = self.interest.get(&pid).copied();
         if third_party {
             self.interest.insert(pid, Interest::Wanted);
-            if before != Some(Interest::Wanted) && before != Some(Interest::Provisional) {
+            if !matches!(before, Some(Interest::Wanted | Interest::Provisional)) {
                 // Its TLS calls until the probes are in are not seen: say so.
                 if self.probe(pid, true) > 0 {
                     self.metrics.tls_late.inc();
                 }
                 self.publish_tls();
             }
-        } else if before == Some(Interest::Provisional) || before.is_none() {
+        } else if matches!(before, None | Some(Interest::Provisional)) {
             self.interest.insert(pid, Interest::Quiet);
             if self.unprobe(pid) {
                 debug!("pid {pid}: first peer internal or inbound, TLS probes removed");

@@ -57,6 +57,8 @@ pub struct Kernel {
     pub counters: PerCpuArray<MapData, u64>,
     /// Processes whose OpenSSL calls are probed.
     pub probed: HashMap<MapData, u32, u8>,
+    /// The ring buffer's marks the programs were loaded with.
+    pub marks: RingMarks,
     /// Tracepoints attached.
     pub tracepoints: usize,
     /// Programs loaded (accepted by the verifier).
@@ -167,6 +169,7 @@ pub fn load(options: LoadOptions) -> Result<Kernel, LoadError> {
         fds,
         counters,
         probed,
+        marks,
         tracepoints,
         programs,
     })

@@ -73,6 +73,7 @@ impl ProbeEvent {
         );
         let kind = if ret { 'r' } else { 'p' };
         write_events(&tracefs, &format!("{kind}:{event} {shown}:{offset:#x}\n"))?;
+        // Owned from here on, unfinished: an error below drops it, which removes the event.
         let mut probe = Self {
             tracefs,
             event,

@@ -11,20 +11,20 @@ use std::{
 
 use tracing::warn;
 
-/// Something whose drop detaches a probe: an aya link, a perf event fd.
-type Item = Box<dyn Send>;
+/// Probes whose drop detaches them: aya links, perf event fds.
+type Batch = Box<dyn Send>;
 
 /// Sends probes to the thread that drops them.
 #[derive(Debug)]
 pub struct Reaper {
-    links: Sender<Vec<Item>>,
+    links: Sender<Batch>,
 }
 
 impl Reaper {
     /// Starts the dropping thread; it ends once the `Reaper` is dropped and all is dropped.
     #[must_use]
     pub fn start() -> Self {
-        let (links, rx) = channel::<Vec<Item>>();
+        let (links, rx) = channel::<Batch>();
         if let Err(e) = thread::Builder::new()
             .name("apimon-detach".into())
             .spawn(move || rx.into_iter().for_each(drop))
@@ -41,8 +41,7 @@ impl Reaper {
         if links.is_empty() {
             return;
         }
-        let items = links.into_iter().map(|l| Box::new(l) as Item).collect();
         // If the thread is gone the links come back in the error and are dropped here.
-        let _ = self.links.send(items);
+        let _ = self.links.send(Box::new(links));
     }
 }

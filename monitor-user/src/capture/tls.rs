@@ -1,11 +1,11 @@
 //! Attaches the OpenSSL uprobes to the processes worth probing, one process at a time.
 //!
 //! A uprobe costs a trap on every call wherever it is installed, so probes are attached per
-//! process (the kernel then installs the breakpoint in that process's memory only), never to
-//! every process mapping a library: a TLS server nobody asked about pays nothing. Which
-//! processes are probed is the control thread's decision; this module finds the OpenSSL
-//! functions in the files a process maps (each file inspected once, by identity) and keeps
-//! every process's probes until it is unprobed or exits.
+//! process (the kernel then installs the breakpoint in that process's memory only), not to
+//! every process mapping a library (only `tls_probe = "all"` does that): a TLS server nobody
+//! asked about pays nothing. Which processes are probed is the control thread's decision; this
+//! module finds the OpenSSL functions in the files a process maps (each file inspected once,
+//! by identity) and keeps every process's probes until it is unprobed or exits.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -147,14 +147,6 @@ pub fn parse_dev(text: &str) -> Option<u64> {
     Some(libc::makedev(major, minor))
 }
 
-impl TlsAttacher {
-    /// Starts with nothing known; detaching happens on a thread of its own.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
 impl Default for TlsAttacher {
     fn default() -> Self {
         Self {
@@ -172,6 +164,12 @@ impl Default for TlsAttacher {
 }
 
 impl TlsAttacher {
+    /// Starts with nothing known; detaching happens on a thread of its own.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// What is attached now.
     #[must_use]
     pub fn stats(&self) -> TlsStats {
@@ -200,20 +198,16 @@ impl TlsAttacher {
         let Some(target) = NonZeroU32::new(pid) else {
             return 0;
         };
-        let mut todo = Vec::new();
-        for (id, path) in mapped(pid) {
-            if !self.procs.get(&pid).is_some_and(|p| p.files.contains(&id)) {
-                todo.push((id, path));
-            }
-        }
+        let probed = self.procs.get(&pid).map(|p| &p.files);
+        let mut todo: Vec<_> = mapped(pid)
+            .filter(|(id, _)| !probed.is_some_and(|files| files.contains(id)))
+            .filter(|(id, _)| inspect || self.files.contains_key(id))
+            .collect();
         // Files already known to carry OpenSSL first: the process may be about to call it,
         // and reading the symbols of the others takes milliseconds.
         todo.sort_by_key(|(id, _)| !matches!(self.files.get(id), Some(FileState::Openssl(_))));
         let mut attached = Vec::new();
         for (id, shown) in todo {
-            if !inspect && !self.files.contains_key(&id) {
-                continue;
-            }
             // Through the process's root, so that a container's own files are reached.
             let path = procfs::in_root(pid, &shown);
             let Some(symbols) = self.inspect(id, &path, &shown) else {
@@ -244,9 +238,7 @@ impl TlsAttacher {
             Some(files) => files.clone(),
             None => {
                 let files = self.openssl_needed(pid);
-                if self.programs.len() < MAX_PROGRAMS {
-                    self.programs.insert(exe, files.clone());
-                }
+                self.remember(exe, files.clone());
                 files
             }
         };
@@ -373,9 +365,13 @@ impl TlsAttacher {
 
     /// Remembers which files carrying OpenSSL `pid`'s program maps.
     fn learn(&mut self, pid: u32, files: Vec<FileId>) {
-        let Some(exe) = exe_id(pid) else {
-            return;
-        };
+        if let Some(exe) = exe_id(pid) {
+            self.remember(exe, files);
+        }
+    }
+
+    /// Remembers which files carrying OpenSSL the program `exe` maps (see `programs`).
+    fn remember(&mut self, exe: FileId, files: Vec<FileId>) {
         if self.programs.len() < MAX_PROGRAMS || self.programs.contains_key(&exe) {
             self.programs.insert(exe, files);
         }
@@ -449,15 +445,7 @@ impl TlsAttacher {
             let Some(offset) = symbol.offset(symbols) else {
                 continue;
             };
-            let created = (|| {
-                let prog: &UProbe = ebpf
-                    .program(program)
-                    .ok_or_else(|| anyhow::anyhow!("program {program} missing"))?
-                    .try_into()?;
-                let ret = matches!(prog.kind(), aya::programs::ProbeKind::Return);
-                Ok::<_, anyhow::Error>(ProbeEvent::create(path, offset, ret, prog.fd()?.as_fd())?)
-            })();
-            match created {
+            match create_one(ebpf, program, offset, path) {
                 Ok(e) => events.push(e),
                 Err(e) => {
                     warn!("cannot create the uprobe {program} in {shown}: {e:#}");
@@ -544,6 +532,16 @@ impl TlsAttacher {
     }
 }
 
+/// The shared uprobe at `offset` in `path`, carrying `program`.
+fn create_one(ebpf: &Ebpf, program: &str, offset: u64, path: &Path) -> anyhow::Result<ProbeEvent> {
+    let prog: &UProbe = ebpf
+        .program(program)
+        .ok_or_else(|| anyhow::anyhow!("program {program} missing from the eBPF object"))?
+        .try_into()?;
+    let ret = matches!(prog.kind(), aya::programs::ProbeKind::Return);
+    Ok(ProbeEvent::create(path, offset, ret, prog.fd()?.as_fd())?)
+}
+
 fn attach_one(
     ebpf: &mut Ebpf,
     program: &str,
@@ -596,19 +594,10 @@ fn mapped(pid: u32) -> impl Iterator<Item = (FileId, String)> {
 #[must_use]
 pub fn default_candidates() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let lib_dirs = [
-        "/lib",
-        "/lib64",
-        "/usr/lib",
-        "/usr/lib64",
-        "/usr/local/lib",
-        "/usr/local/lib64",
-        "/lib/x86_64-linux-gnu",
-        "/usr/lib/x86_64-linux-gnu",
-        "/lib/aarch64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-    ];
-    for dir in lib_dirs {
+    for dir in LIB_DIRS
+        .into_iter()
+        .chain(["/usr/local/lib", "/usr/local/lib64"])
+    {
         let Ok(entries) = fs::read_dir(dir) else {
             continue;
         };
