@@ -540,17 +540,41 @@ mod tests {
         }
     }
 
-    fn exchanges(out: &[ConnEvent]) -> Vec<(String, Option<u16>, u64)> {
+    /// A client connection of the same process on its own descriptor, `fd`.
+    fn opened_on(conn_id: u64, fd: u32) -> Opened {
+        Opened {
+            fd,
+            ..opened(conn_id, Role::Client)
+        }
+    }
+
+    /// [`data`] on descriptor `fd`.
+    fn data_on(conn_id: u64, fd: u32, read: bool, seq: u64, payload: &[u8]) -> Data<'_> {
+        Data {
+            fd,
+            ..data(conn_id, read, seq, payload)
+        }
+    }
+
+    /// What `f` makes of each exchange in `out`.
+    fn each_exchange<T>(out: &[ConnEvent], f: impl Fn(&ConnInfo, &Exchange) -> T) -> Vec<T> {
         out.iter()
             .filter_map(|e| match e {
-                ConnEvent::Exchange(_, x) => Some((
-                    x.request.head.method().unwrap_or_default().to_owned(),
-                    x.response.as_ref().and_then(|r| r.head.status()),
-                    x.response.as_ref().map_or(0, |r| r.body.size),
-                )),
+                ConnEvent::Exchange(info, x) => Some(f(info, x)),
                 _ => None,
             })
             .collect()
+    }
+
+    /// Each exchange as (request method, response status, response body size).
+    fn exchanges(out: &[ConnEvent]) -> Vec<(String, Option<u16>, u64)> {
+        each_exchange(out, |_, x| {
+            (
+                x.request.head.method().unwrap_or_default().to_owned(),
+                x.response.as_ref().and_then(|r| r.head.status()),
+                x.response.as_ref().map_or(0, |r| r.body.size),
+            )
+        })
     }
 
     #[test]
@@ -683,18 +707,15 @@ mod tests {
         });
         let mut out = Vec::new();
         for id in 1..=3u64 {
-            let mut o = opened(id, Role::Client);
-            o.fd = id as u32;
-            t.open(o, &mut out);
+            let fd = id as u32;
+            t.open(opened_on(id, fd), &mut out);
             let head = b"POST /up HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
-            let mut d = data(id, false, 0, head);
-            d.fd = id as u32;
+            let mut d = data_on(id, fd, false, 0, head);
             d.ts = id;
             t.data(&d, &mut out);
             // 60 kB of the body arrive: each connection holds them until the body ends.
             let body = vec![b'x'; 60_000];
-            let mut d = data(id, false, head.len() as u64, &body);
-            d.fd = id as u32;
+            let mut d = data_on(id, fd, false, head.len() as u64, &body);
             d.ts = id;
             t.data(&d, &mut out);
         }
@@ -716,17 +737,10 @@ mod tests {
 
     /// Each exchange's bodies as kept: (request data, request size, whether shed, sampled).
     fn bodies(out: &[ConnEvent]) -> Vec<(Vec<u8>, u64, bool, bool)> {
-        out.iter()
-            .filter_map(|e| match e {
-                ConnEvent::Exchange(info, x) => Some((
-                    x.request.body.data.clone(),
-                    x.request.body.size,
-                    x.request.body.shed,
-                    info.sampled,
-                )),
-                _ => None,
-            })
-            .collect()
+        each_exchange(out, |info, x| {
+            let body = &x.request.body;
+            (body.data.clone(), body.size, body.shed, info.sampled)
+        })
     }
 
     #[test]
@@ -744,15 +758,9 @@ mod tests {
         // Sampling one in two: the process's first new connection is analysed, not the next.
         t.set_shedding(true, 2);
         for (id, fd) in [(2, 6), (3, 7)] {
-            let mut o = opened(id, Role::Client);
-            o.fd = fd;
-            t.open(o, &mut out);
-            let mut d = data(id, false, 0, post);
-            d.fd = fd;
-            t.data(&d, &mut out);
-            let mut d = data(id, true, 0, ok);
-            d.fd = fd;
-            t.data(&d, &mut out);
+            t.open(opened_on(id, fd), &mut out);
+            t.data(&data_on(id, fd, false, 0, post), &mut out);
+            t.data(&data_on(id, fd, true, 0, ok), &mut out);
         }
         assert_eq!(
             bodies(&out),
@@ -771,9 +779,7 @@ mod tests {
         let mut out = Vec::new();
         t.set_shedding(false, 4);
         for id in 0..8 {
-            let mut o = opened(id, Role::Client);
-            o.fd = id as u32;
-            t.open(o, &mut out);
+            t.open(opened_on(id, id as u32), &mut out);
         }
         let sampled = |t: &ConnTable| t.conns.values().filter(|c| c.info.sampled).count();
         assert_eq!(sampled(&t), 2);

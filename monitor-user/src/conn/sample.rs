@@ -63,12 +63,6 @@ impl Sampler {
     }
 }
 
-impl Default for Sampler {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

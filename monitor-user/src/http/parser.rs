@@ -479,7 +479,6 @@ impl StreamParser {
     }
 }
 
-/// End of the head (index after the blank line), searching from `from`.
 /// Feeds `data` to the body of `partial`, keeping up to `limit` bytes, or none while `shed`
 /// (then marking the body if that left bytes out).
 fn feed(
@@ -501,6 +500,7 @@ fn feed(
     fed
 }
 
+/// End of the head (index after the blank line), searching from `from`.
 fn find_head_end(input: &[u8], from: usize) -> Option<usize> {
     let mut at = from.min(input.len());
     while let Some(i) = memchr::memchr(b'\n', &input[at..]) {

@@ -6,7 +6,7 @@ use prometheus::{
     Registry,
 };
 
-use super::metrics::{counter, counter_vec, gauge, register};
+use super::metrics::{counter, counter_series, counter_vec, gauge, register};
 
 /// Every `reason` of `apimon_alerts_dropped_total`.
 pub const DROP_REASONS: &[&str] = &["queue_full", "spool_full", "spool_error", "unreadable"];
@@ -16,8 +16,11 @@ pub const OUTCOMES: &[&str] = &["delivered", "failed", "rejected"];
 /// The series of `apimon_alerts_suppressed_total`, one per reason.
 #[derive(Debug)]
 pub struct Suppressions {
+    /// Turned off by a rule: kind off, below threshold, ignored type.
     pub rule: IntCounter,
+    /// Matched a silence.
     pub silenced: IntCounter,
+    /// Counted into an alert group already open.
     pub deduplicated: IntCounter,
 }
 
@@ -26,9 +29,8 @@ pub struct Suppressions {
 pub struct AlertMetrics {
     /// `apimon_alerts_total{kind,severity}`: alerts raised (after rules and grouping).
     pub raised: IntCounterVec,
-    /// `apimon_alerts_suppressed_total{reason}`.
-    pub suppressed: IntCounterVec,
-    /// Its series, looked up once: suppression happens on most calls that carry findings.
+    /// `apimon_alerts_suppressed_total{reason}`, its series looked up once: suppression
+    /// happens on most calls that carry findings.
     pub suppressed_by: Suppressions,
     /// `apimon_alert_queue_depth{sink}`: alerts spooled, not yet delivered.
     pub queue_depth: IntGaugeVec,
@@ -90,11 +92,12 @@ impl AlertMetrics {
                 &["sink"],
             ),
         );
-        let suppressed = counter_vec(
+        let [rule, silenced, deduplicated] = counter_series(
             registry,
             "apimon_alerts_suppressed_total",
             "Findings and anomalies that did not become alerts: rule (kind off, below threshold, ignored type), silenced, deduplicated.",
-            &["reason"],
+            "reason",
+            ["rule", "silenced", "deduplicated"],
         );
         let m = Self {
             raised: counter_vec(
@@ -104,11 +107,10 @@ impl AlertMetrics {
                 &["kind", "severity"],
             ),
             suppressed_by: Suppressions {
-                rule: suppressed.with_label_values(&["rule"]),
-                silenced: suppressed.with_label_values(&["silenced"]),
-                deduplicated: suppressed.with_label_values(&["deduplicated"]),
+                rule,
+                silenced,
+                deduplicated,
             },
-            suppressed,
             queue_depth,
             deliveries: counter_vec(
                 registry,

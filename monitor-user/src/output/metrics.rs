@@ -302,6 +302,19 @@ pub(crate) fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     register(registry, IntGauge::new(name, help))
 }
 
+/// A counter vector of one `label`, registered, and its series for `values` looked up once
+/// (each exported from the start, at 0), in the order of `values`.
+pub(crate) fn counter_series<const N: usize>(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: [&str; N],
+) -> [IntCounter; N] {
+    let vec = counter_vec(registry, name, help, &[label]);
+    values.map(|value| vec.with_label_values(&[value]))
+}
+
 /// `apimon_tls_held_opens_total` by outcome, resolved once.
 #[derive(Clone, Debug)]
 pub struct HoldOutcomes {
@@ -316,16 +329,17 @@ pub struct HoldOutcomes {
 
 impl HoldOutcomes {
     fn new(registry: &Registry) -> Self {
-        let v = counter_vec(
+        let [probed, skipped, expired] = counter_series(
             registry,
             "apimon_tls_held_opens_total",
             "Opens of files carrying OpenSSL held until the opening process was probed, by outcome: probed, skipped (not wanted), expired (let go unprobed after the hold limit).",
-            &["outcome"],
+            "outcome",
+            ["probed", "skipped", "expired"],
         );
         Self {
-            probed: v.with_label_values(&["probed"]),
-            skipped: v.with_label_values(&["skipped"]),
-            expired: v.with_label_values(&["expired"]),
+            probed,
+            skipped,
+            expired,
         }
     }
 }
@@ -433,24 +447,20 @@ impl Metrics {
                     "Age of the last kernel record the pipeline handled.",
                 ),
             ),
-            shed: {
-                let shed = counter_vec(
-                    &registry,
-                    "apimon_shed_total",
-                    "Work not done under load, by stage: kernel_body (reads and writes cut to their first record), body (calls analysed heads only), sampled_out (calls counted, not analysed).",
-                    &["stage"],
-                );
-                ShedStage::ALL.map(|s| shed.with_label_values(&[s.as_str()]))
-            },
-            state_evicted: {
-                let evicted = counter_vec(
-                    &registry,
-                    "apimon_state_evicted_total",
-                    "Entries dropped or not kept to stay within a memory bound: route_segments, data_map_flows, known_destinations.",
-                    &["state"],
-                );
-                StateKind::ALL.map(|k| evicted.with_label_values(&[k.as_str()]))
-            },
+            shed: counter_series(
+                &registry,
+                "apimon_shed_total",
+                "Work not done under load, by stage: kernel_body (reads and writes cut to their first record), body (calls analysed heads only), sampled_out (calls counted, not analysed).",
+                "stage",
+                ShedStage::ALL.map(ShedStage::as_str),
+            ),
+            state_evicted: counter_series(
+                &registry,
+                "apimon_state_evicted_total",
+                "Entries dropped or not kept to stay within a memory bound: route_segments, data_map_flows, known_destinations.",
+                "state",
+                StateKind::ALL.map(StateKind::as_str),
+            ),
             skipped_not_http: counter(
                 &registry,
                 "apimon_kernel_records_skipped_total",
