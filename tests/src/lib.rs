@@ -80,6 +80,25 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Writes an agent configuration, `toml` plus an `[alerts]` table with `state_dir` in `dir`
+/// (so the agent's state is the test's own, never the host's), to `dir/apimon.toml`; returns
+/// its path. `toml` must not have an `[alerts]` table of its own.
+#[must_use]
+pub fn agent_config(dir: &Path, toml: &str) -> PathBuf {
+    let path = dir.join("apimon.toml");
+    fs::write(
+        &path,
+        format!("{toml}\n{}", alerts_state(&dir.join("state"))),
+    )
+    .expect("agent config");
+    path
+}
+
+/// An `[alerts]` table keeping the agent's state (known destinations, spool) in `state`.
+fn alerts_state(state: &Path) -> String {
+    format!("[alerts]\nstate_dir = \"{}\"\n", state.display())
+}
+
 /// Personal data the tests send, exactly as written on the wire.
 pub mod pii {
     pub const EMAIL: &str = "lucy.smith@example.com";
@@ -239,16 +258,14 @@ impl Drop for ThirdParty {
 
 /// Waits for the exclusive lock on `path` (created if missing), saying so when it has to.
 fn take_turn(path: &Path) -> fs::File {
-    use std::os::fd::AsRawFd;
     let file = fs::File::create(path).expect("lock file");
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    let try_lock = |op| unsafe { libc::flock(file.as_raw_fd(), op) } == 0;
-    if !try_lock(libc::LOCK_EX | libc::LOCK_NB) {
+    if file.try_lock().is_err() {
         eprintln!(
             "waiting for {} (another suite uses the test namespace)",
             path.display()
         );
-        assert!(try_lock(libc::LOCK_EX), "locking {}", path.display());
+        file.lock()
+            .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
     }
     file
 }
@@ -333,12 +350,8 @@ impl Agent {
             );
         } else {
             let config = events.with_extension("toml");
-            let state = events.with_extension("state");
-            fs::write(
-                &config,
-                format!("[alerts]\nstate_dir = \"{}\"\n", state.display()),
-            )
-            .expect("agent config");
+            fs::write(&config, alerts_state(&events.with_extension("state")))
+                .expect("agent config");
             command.arg("--config").arg(&config);
         }
         let child = command

@@ -44,15 +44,15 @@ impl Server {
             // A thread may join another network namespace alone: the listener, and the
             // connections it accepts, live in the third party's; the test stays in the host's.
             // SAFETY: a valid namespace fd; affects only this thread.
-            let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
-            let listener = joined.then(|| TcpListener::bind(addr));
+            let listener = if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+                TcpListener::bind(addr).map_err(|e| format!("bind: {e}"))
+            } else {
+                Err(format!("setns: {}", std::io::Error::last_os_error()))
+            };
             let listener = match listener {
-                Some(Ok(l)) => l,
-                other => {
-                    let _ = ready_tx.send(Err(format!(
-                        "setns {joined}, bind: {:?}",
-                        other.map(|r| r.err())
-                    )));
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
@@ -196,11 +196,9 @@ impl Load {
     }
 }
 
-/// What a load run did.
+/// What a load run did (every call of the load, or it panicked).
 #[derive(Clone, Copy, Debug)]
 pub struct Done {
-    /// Calls answered with the expected status and body size.
-    pub calls: usize,
     /// Body bytes moved, both ways.
     pub bytes: u64,
     pub elapsed: Duration,
@@ -219,31 +217,27 @@ pub fn run(server: SocketAddr, host: &str, load: Load) -> Done {
             thread::spawn(move || client(server, &host, c, load))
         })
         .collect();
-    let mut done = Done {
-        calls: 0,
-        bytes: 0,
-        elapsed: Duration::ZERO,
-    };
+    let mut bytes = 0;
     for t in threads {
         match t.join() {
-            Ok(Ok((calls, bytes))) => {
-                done.calls += calls;
-                done.bytes += bytes;
-            }
+            Ok(Ok(b)) => bytes += b,
             Ok(Err(e)) => panic!("a client failed: {e}"),
             Err(_) => panic!("a client thread panicked"),
         }
     }
-    done.elapsed = started.elapsed();
-    done
+    Done {
+        bytes,
+        elapsed: started.elapsed(),
+    }
 }
 
 /// One client: `load.connections` keep-alive connections, `load.calls` calls on each.
-fn client(server: SocketAddr, host: &str, id: usize, load: Load) -> Result<(usize, u64), String> {
+/// Returns the body bytes moved.
+fn client(server: SocketAddr, host: &str, id: usize, load: Load) -> Result<u64, String> {
     let upload = json_body(BIG);
     let mut request = Vec::new();
     let mut body = Vec::new();
-    let (mut calls, mut bytes) = (0, 0u64);
+    let mut bytes = 0u64;
     for c in 0..load.connections {
         let conn = TcpStream::connect_timeout(&server, IO_TIMEOUT)
             .map_err(|e| format!("client {id} connection {c}: {e}"))?;
@@ -254,13 +248,11 @@ fn client(server: SocketAddr, host: &str, id: usize, load: Load) -> Result<(usiz
         let mut reader = BufReader::with_capacity(64 * 1024, &conn);
         for n in 0..load.calls {
             request.clear();
-            let (path, want_status, want_body) = match n % 3 {
-                0 => ("upload", "HTTP/1.1 201", None),
-                1 => ("big", "HTTP/1.1 200", Some(BIG)),
-                _ => ("small", "HTTP/1.1 200", None),
+            let (method, path, sent, want_status, want_body) = match n % 3 {
+                0 => ("POST", "upload", upload.len(), "HTTP/1.1 201", None),
+                1 => ("GET", "big", 0, "HTTP/1.1 200", Some(BIG)),
+                _ => ("GET", "small", 0, "HTTP/1.1 200", None),
             };
-            let method = if n % 3 == 0 { "POST" } else { "GET" };
-            let sent = if n % 3 == 0 { upload.len() } else { 0 };
             let _ = write!(
                 request,
                 "{method} {PREFIX}{path}/{id}/{c}/{n} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {sent}\r\n\r\n"
@@ -280,9 +272,8 @@ fn client(server: SocketAddr, host: &str, id: usize, load: Load) -> Result<(usiz
                     m.start, m.body
                 ));
             }
-            calls += 1;
             bytes += (sent + m.body) as u64;
         }
     }
-    Ok((calls, bytes))
+    Ok(bytes)
 }

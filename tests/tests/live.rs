@@ -9,8 +9,8 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    API_ADDR, API_ADDR6, API_HOST, Agent, ThirdParty, calls_of, can_run, expect, fixture,
-    run_client, shape,
+    API_ADDR, API_ADDR6, API_HOST, Agent, ThirdParty, agent_config, calls_of, can_run, expect,
+    fixture, run_client, scratch, shape,
 };
 
 fn curl(api: &ThirdParty, url_path: &str, tls: bool) -> Command {
@@ -51,16 +51,10 @@ fn curl_over_plain_http_and_openssl_tls() {
     let api = ThirdParty::start();
     // The API server only answers inbound calls: by default its TLS is not probed (see
     // third_party_mode_probes_the_caller_not_the_inbound_server); named here, it is.
-    let dir = tests::scratch("curl-openssl");
-    let config = dir.join("apimon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[capture]\ntls_processes = [\"python3\"]\n[alerts]\nstate_dir = \"{}\"\n",
-            dir.join("state").display()
-        ),
-    )
-    .expect("config");
+    let config = agent_config(
+        &scratch("curl-openssl"),
+        "[capture]\ntls_processes = [\"python3\"]",
+    );
     let agent = Agent::start_with(&["--config", config.to_str().expect("utf-8 path")]);
     let plain = run_client(&mut curl(&api, "/v1/plain?token=abc", false));
     let tls = run_client(&mut curl(&api, "/v1/secure", true));
@@ -415,16 +409,10 @@ fn third_party_mode_probes_the_caller_not_the_inbound_server() {
         return;
     }
     let api = ThirdParty::start();
-    let dir = tests::scratch("third-party-mode");
-    let config = dir.join("apimon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[capture]\ntls_probe = \"third_party\"\n[alerts]\nstate_dir = \"{}\"\n",
-            dir.join("state").display()
-        ),
-    )
-    .expect("config");
+    let config = agent_config(
+        &scratch("third-party-mode"),
+        "[capture]\ntls_probe = \"third_party\"",
+    );
     let agent = Agent::start_with(&["--config", config.to_str().expect("utf-8 path")]);
     // python starts slowly enough for its probes to be in before its first call.
     let pid = run_client(&mut python(&api, "post", &["tls"]));

@@ -9,7 +9,7 @@ use std::{fs, net::SocketAddr, thread, time::Duration};
 
 use serde_json::Value;
 use tests::{
-    API_ADDR, API_HOST, Agent, ThirdParty, can_run,
+    API_ADDR, API_HOST, Agent, ThirdParty, agent_config, can_run,
     load::{self, Load, PREFIX},
     metric_sum, scratch,
 };
@@ -23,10 +23,10 @@ use tests::{
 const PEAK_RSS_KIB: u64 = 150 * 1024;
 
 /// Least share of its own pace the application keeps while the agent is overloaded. The
-/// probes' cost on every read and write is there with or without overload (0.7-0.8x for this
-/// load's 256 KiB bodies, docs/performance.md); what overload must not add is waiting: a full
-/// ring fails reservations at once. Half the pace is far below what was measured and far above
-/// what an application made to wait for the agent would keep.
+/// probes' cost on every read and write is there with or without overload (0.64-0.67x
+/// measured for this load's 256 KiB bodies, docs/performance.md#the-test); what overload must
+/// not add is waiting: a full ring fails reservations at once. Half the pace is below what was
+/// measured and far above what an application made to wait for the agent would keep.
 const MIN_PACE: f64 = 0.5;
 
 /// Counters the accounting needs, read from one scrape.
@@ -104,28 +104,22 @@ fn overload_sheds_and_counts_and_never_fails_the_application() {
 
     // The same load without the agent, twice: the application's own pace is the faster run
     // (the machine's other work can only slow a run down).
+    // (`run` fails the test unless every call succeeds, with the right status and sizes.)
     let alone = [0, 1]
         .map(|_| load::run(server.addr, API_HOST, load))
         .into_iter()
-        .inspect(|d| assert_eq!(d.calls, load.total()))
         .min_by_key(|d| d.elapsed)
         .expect("two runs");
 
     let dir = scratch("overload");
-    let config = dir.join("apimon.toml");
-    fs::write(
-        &config,
-        format!(
-            "[alerts]\nstate_dir = \"{}\"\n\n[capture]\nring_buffer_bytes = 262144\nshed_lag = \"50ms\"\n",
-            dir.join("state").display()
-        ),
-    )
-    .expect("agent config");
+    let config = agent_config(
+        &dir,
+        "[capture]\nring_buffer_bytes = 262144\nshed_lag = \"50ms\"",
+    );
     let agent = Agent::start_with(&["--config", &config.to_string_lossy()]);
+    // (i) The application's work: every call succeeded (checked by `run`)...
     let watched = load::run(server.addr, API_HOST, load);
-    let rate = |d: &load::Done| d.calls as f64 / d.elapsed.as_secs_f64();
-    // (i) The application's work: every call succeeded (`run` checks status and sizes).
-    assert_eq!(watched.calls, load.total());
+    let rate = |d: &load::Done| load.total() as f64 / d.elapsed.as_secs_f64();
 
     let pace = rate(&watched) / rate(&alone);
     let (counts, metrics) = settle(&agent);
@@ -169,7 +163,7 @@ fn overload_sheds_and_counts_and_never_fails_the_application() {
         println!("overload: {line}");
     }
 
-    // (i) And it kept its pace, less the probes' cost.
+    // (i) ...and it kept its pace, less the probes' cost.
     assert!(
         pace >= MIN_PACE,
         "the application kept {pace:.2}x of its pace, bound {MIN_PACE}x"
@@ -199,15 +193,16 @@ fn overload_sheds_and_counts_and_never_fails_the_application() {
     // calls reported, sampled out and the records lost together cover every call, exactly
     // when none was lost. The counters are the agent's, over all traffic on the host: other
     // processes' calls can only add to the left-hand side.
-    let accounted = (egress + ingress) as f64 + counts.sampled_out + counts.lost;
+    let made = 2.0 * load.total() as f64;
+    let seen = (egress + ingress) as f64 + counts.sampled_out;
     println!(
         "overload: calls neither reported nor sampled out: {}",
-        2.0 * load.total() as f64 - (egress + ingress) as f64 - counts.sampled_out
+        made - seen
     );
     assert!(
-        accounted >= 2.0 * load.total() as f64,
+        seen + counts.lost >= made,
         "{} calls unaccounted for: reported {egress} + {ingress}, {counts:?}",
-        2.0 * load.total() as f64 - accounted
+        made - seen - counts.lost
     );
     assert!(
         recovered,

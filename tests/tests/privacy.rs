@@ -7,7 +7,7 @@ use std::{fs, path::Path, process::Command};
 
 use serde_json::Value;
 use tests::{
-    API_ADDR, API_HOST, Agent, ThirdParty, can_run, output,
+    API_ADDR, API_HOST, Agent, ThirdParty, agent_config, can_run, output,
     pii::{CARD, EMAIL, PHONE, SSN, customer},
     run_client, scratch,
 };
@@ -77,15 +77,7 @@ fn personal_data_in_plaintext_and_tls_is_found_and_never_leaked() {
     }
     let dir = scratch("privacy");
     let (map, report) = (dir.join("map.json"), dir.join("report.md"));
-    let config = dir.join("apimon.toml");
-    fs::write(
-        &config,
-        format!(
-            "[privacy]\nhash_key = \"privacy-test-key\"\n[alerts]\nstate_dir = \"{}\"\n",
-            dir.join("state").display()
-        ),
-    )
-    .expect("config");
+    let config = agent_config(&dir, "[privacy]\nhash_key = \"privacy-test-key\"");
 
     let api = ThirdParty::start();
     let agent = Agent::start_with(&[

@@ -125,14 +125,14 @@ impl Run {
         if let Some(a) = &self.agent {
             let _ = write!(
                 s,
-                ", agent: {} egress ({:.5}) {} ingress, lost {}, CPU {:.0} ms ({} µs/egress call, {:.2} µs/call seen), peak RSS {:.1} MB",
+                ", agent: {} egress ({:.5}) {} ingress, lost {}, CPU {:.0} ms ({} µs/egress call, {} µs/call seen), peak RSS {:.1} MB",
                 a.egress,
                 a.egress as f64 / self.wrk.requests.max(1) as f64,
                 a.ingress,
                 a.lost,
                 a.cpu.as_secs_f64() * 1e3,
-                per_egress_call(a).map_or_else(|| "-".to_owned(), |us| format!("{us:.2}")),
-                a.cpu.as_secs_f64() * 1e6 / (a.egress + a.ingress).max(1) as f64,
+                fmt(per_egress_call(a), 2),
+                fmt(cpu_per_call(a, a.egress + a.ingress), 2),
                 mb(a.peak_rss)
             );
             for (reason, n) in &a.lost_by_reason {
@@ -177,7 +177,12 @@ fn tls_line(a: &Delta) -> String {
 
 /// Agent CPU time per egress call it counted, in µs.
 fn per_egress_call(a: &Delta) -> Option<f64> {
-    (a.egress > 0).then(|| a.cpu.as_secs_f64() * 1e6 / a.egress as f64)
+    cpu_per_call(a, a.egress)
+}
+
+/// Agent CPU time per call of `calls`, in µs; `None` for no calls.
+fn cpu_per_call(a: &Delta, calls: u64) -> Option<f64> {
+    (calls > 0).then(|| a.cpu.as_secs_f64() * 1e6 / calls as f64)
 }
 
 /// Bytes as MB (10^6, the unit of the target).
@@ -633,5 +638,54 @@ pub(crate) fn print(runs: &[Run], held: Option<&Held>) {
     println!("every run:");
     for r in runs {
         println!("  {}", r.line());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn agent_run(egress: u64, ingress: u64) -> Run {
+        Run {
+            round: 1,
+            scenario: Scenario::Inbound,
+            mode: Mode::Agent,
+            wrk: wrk::Outcome {
+                requests: 1000,
+                rps: 100.0,
+                errors: 0,
+            },
+            background: 0.0,
+            steal: 0.0,
+            agent: Some(Delta {
+                egress,
+                ingress,
+                cpu: Duration::from_millis(80),
+                ..Delta::default()
+            }),
+            floor_hits: None,
+            disturbed: false,
+        }
+    }
+
+    #[test]
+    fn cpu_per_call_is_a_dash_without_calls() {
+        let line = agent_run(0, 0).line();
+        assert!(
+            line.contains("(- µs/egress call, - µs/call seen)"),
+            "{line}"
+        );
+        let line = agent_run(0, 400).line();
+        assert!(
+            line.contains("(- µs/egress call, 200.00 µs/call seen)"),
+            "{line}"
+        );
+        let line = agent_run(100, 100).line();
+        assert!(
+            line.contains("(800.00 µs/egress call, 400.00 µs/call seen)"),
+            "{line}"
+        );
     }
 }
