@@ -3,6 +3,7 @@
 use core::{arch::asm, ffi::c_void, ptr};
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
@@ -16,14 +17,14 @@ use common::{
     counter, data_flags, kind, proto,
 };
 
-use crate::maps::{COUNTERS, EMITS, EVENTS, NEXT_ID};
+use crate::maps::{COUNTERS, EMITS, EVENTS, NEXT_ID, put};
 
 /// The agent's own pid: its traffic (alert deliveries, metrics scrapes) is not followed.
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;
 
-/// Wake userspace only once this many bytes wait in the ring buffer; it also polls on a
-/// timer. Saves a wakeup per record under load.
+/// Wake userspace each time the ring buffer's backlog crosses a multiple of this many bytes
+/// (see [`wakeup_flags`]); it also polls on a timer. Saves a wakeup per record under load.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
 
@@ -71,14 +72,29 @@ pub(crate) fn is_self(tgid: u32) -> bool {
 #[inline(always)]
 pub(crate) fn syscall_arg(ctx: &TracePointContext, i: usize) -> u64 {
     // SAFETY: the offset is inside every sys_enter_* record for i < 6.
-    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
+    unsafe { read_ctx::<u64>(ctx, 16 + 8 * i) }
 }
 
 /// Return value of a `syscalls/sys_exit_*` tracepoint.
 #[inline(always)]
 pub(crate) fn syscall_ret(ctx: &TracePointContext) -> i64 {
     // SAFETY: `ret` sits at offset 16 of every sys_exit_* record.
-    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+    unsafe { read_ctx::<i64>(ctx, 16) }
+}
+
+/// Loads a field of a tracepoint's record straight from the context.
+///
+/// Verifier trick: a tracepoint program may load from its context at a constant, aligned
+/// offset, which is one instruction; `TracePointContext::read_at` calls
+/// `bpf_probe_read_kernel` instead, a helper call and a fault-checked copy on every syscall
+/// of every process (about 0.8% of a saturated host's CPU, docs/performance.md).
+///
+/// # Safety
+/// `off` must be a constant, `T`-aligned offset of a field inside the tracepoint's record.
+#[inline(always)]
+unsafe fn read_ctx<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+    // SAFETY: the caller's contract; the verifier checks the access too.
+    unsafe { ptr::read(ctx.as_ptr().cast::<u8>().add(off).cast::<T>()) }
 }
 
 /// Adds `n` to drop counter `idx`.
@@ -287,10 +303,19 @@ fn ring_above_high_water() -> bool {
     EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) > global(&SHED_BYTES)
 }
 
-/// Submit flags: wake the reader only when enough has piled up (see [`WAKEUP_BYTES`]).
+/// Submit flags for a record of `size` bytes: wake the reader when this record takes the
+/// backlog across a multiple of [`WAKEUP_BYTES`], so at most once per that many bytes.
+///
+/// Not on every record while the backlog is above the mark: each forced wakeup queues an
+/// irq_work, and raising it writes the APIC, a VM exit on a virtual machine; with the reader
+/// busy draining a backlog above the mark that was 4% of a saturated host's CPU
+/// (`native_write_msr`, docs/performance.md). A crossing two CPUs both miss is caught by the
+/// next one, or by the reader's poll timeout.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
-    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= global(&WAKEUP_BYTES) {
+fn wakeup_flags(size: usize) -> u64 {
+    let mark = global(&WAKEUP_BYTES);
+    let avail = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    if mark == 0 || avail / mark != avail.saturating_sub(size as u64) / mark {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
@@ -346,7 +371,7 @@ fn emit_sized<const N: usize>(op: &Op, off: u64, src: u64, n: u64, last: bool) {
         count(counter::READ_FAILED, 1);
         return;
     }
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup_flags(size_of::<DataRecord<N>>()));
 }
 
 /// A payload-less last record: tells userspace where the op ended when its tail was not
@@ -356,7 +381,7 @@ fn emit_end(op: &Op, off: u64) {
     match EVENTS.reserve::<DataHeader>(0) {
         Some(mut entry) => {
             entry.write(op.header(off, 0, true));
-            entry.submit(wakeup_flags());
+            entry.submit(wakeup_flags(size_of::<DataHeader>()));
         }
         None => count(counter::RINGBUF_FULL_DATA, 1),
     }
@@ -442,7 +467,7 @@ const MAX_STEPS: u32 = CHUNKS_PER_OP + IOV_MAX_WALK + 1;
 
 #[inline(always)]
 fn run(id: u64, op: &Op) {
-    if EMITS.insert(id, op, 0).is_err() {
+    if !put(&EMITS, id, op) {
         count(counter::ARGS_MAP_FULL, 1);
         return;
     }
@@ -451,7 +476,6 @@ fn run(id: u64, op: &Op) {
             break;
         }
     }
-    let _ = EMITS.remove(id);
 }
 
 /// Forwards `op.len` bytes from the buffer at `src` in records of up to [`CHUNK_MAX`].

@@ -11,7 +11,7 @@ use crate::{
         Op, admit, current, emit_buf, emit_bytes_elsewhere, emit_iov, first_iovec, is_self,
         peek_class, read_user_value, syscall_arg, syscall_ret,
     },
-    maps::{FDS, LAST_TLS_READ, SockRef, SyscallArgs, op},
+    maps::{FDS, LAST_TLS_READ, SockRef, SyscallArgs, op, put},
     openssl,
     sockets::{stash, take_args},
 };
@@ -151,7 +151,7 @@ fn enter_with(fd: u64, read: bool, kind: u32, buffer: impl FnOnce() -> Option<(u
                         _pad: 0,
                         conn_id: st.conn_id,
                     };
-                    let _ = LAST_TLS_READ.insert(id, sock, 0);
+                    let _ = put(&LAST_TLS_READ, id, &sock);
                 }
                 return 0;
             }

@@ -28,21 +28,22 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cou
 pub(crate) static NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// The op a thread is forwarding, by pid_tgid: the state of `helpers::apimon_emit_step`.
+/// Overwritten in place by the thread's next op (see [`put`]).
 #[map(name = "EMITS")]
 pub(crate) static EMITS: LruHashMap<u64, Op> = LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
 
-/// What a thread's pending syscall needs at its exit, by pid_tgid.
+/// What a thread's pending syscall needs at its exit, by pid_tgid (a [`Slot`]).
 #[map(name = "SYSCALL_ARGS")]
 pub(crate) static SYSCALL_ARGS: LruHashMap<u64, SyscallArgs> =
     LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
 
-/// The thread's SSL_write in progress, by pid_tgid; removed by the return probe. LRU so that
-/// calls whose return never came (longjmp, thread killed) age out.
+/// The thread's SSL_write in progress, by pid_tgid (a [`Slot`], emptied by the return probe).
+/// LRU so that threads gone, and calls whose return never came (longjmp), age out.
 #[map(name = "SSL_WRITE")]
 pub(crate) static SSL_WRITE: LruHashMap<u64, SslCall> =
     LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
 
-/// The thread's SSL_read in progress, by pid_tgid; removed by the return probe.
+/// The thread's SSL_read in progress, by pid_tgid (a [`Slot`], emptied by the return probe).
 #[map(name = "SSL_READ")]
 pub(crate) static SSL_READ: LruHashMap<u64, SslCall> =
     LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
@@ -66,6 +67,8 @@ pub(crate) static LAST_TLS_READ: LruHashMap<u64, SockRef> =
 
 /// Operations whose arguments wait in [`SYSCALL_ARGS`].
 pub(crate) mod op {
+    /// No syscall in progress (an emptied [`super::Slot`]).
+    pub(crate) const NONE: u32 = 0;
     pub(crate) const SOCKET: u32 = 1;
     pub(crate) const CONNECT: u32 = 2;
     pub(crate) const ACCEPT: u32 = 3;
@@ -75,6 +78,49 @@ pub(crate) mod op {
     pub(crate) const IOV: u32 = 5;
     /// sendfile: bytes move from a file, none of them in user memory.
     pub(crate) const SENDFILE: u32 = 6;
+}
+
+/// A per-thread value written at a call's entry and taken at its exit.
+///
+/// The entry of a thread stays in its map once made, and a taken value is only marked empty:
+/// an LRU map's update allocates a fresh element and frees the old one, and its delete takes
+/// the bucket lock; per traced syscall that was about 4% of a host saturated with
+/// keep-alive HTTP (perf, docs/performance.md), where a lookup and a write in place cost a
+/// hash and a store.
+pub(crate) trait Slot: Copy {
+    /// Whether no call is in progress.
+    fn is_empty(&self) -> bool;
+    /// Marks the slot as holding no call.
+    fn clear(&mut self);
+}
+
+/// Writes `value` under `key`: in place when the entry exists, else a new entry. Returns
+/// false when the map could not take it.
+#[inline(always)]
+pub(crate) fn put<K, V: Copy>(map: &LruHashMap<K, V>, key: K, value: &V) -> bool {
+    match map.get_ptr_mut(&key) {
+        Some(v) => {
+            // SAFETY: map value pointer, valid for this program run; per-thread keys are only
+            // written by their own thread.
+            unsafe { *v = *value };
+            true
+        }
+        None => map.insert(&key, value, 0).is_ok(),
+    }
+}
+
+/// Takes the value of this thread's slot, leaving it empty.
+#[inline(always)]
+pub(crate) fn take<V: Slot>(map: &LruHashMap<u64, V>, id: u64) -> Option<V> {
+    let v = map.get_ptr_mut(id)?;
+    // SAFETY: map value pointer, valid for this program run; only this thread writes it.
+    let v = unsafe { &mut *v };
+    if v.is_empty() {
+        return None;
+    }
+    let taken = *v;
+    v.clear();
+    Some(taken)
 }
 
 /// Arguments of a syscall in progress.
@@ -94,6 +140,15 @@ pub(crate) struct SyscallArgs {
     pub(crate) _pad: u32,
 }
 
+impl Slot for SyscallArgs {
+    fn is_empty(&self) -> bool {
+        self.op == op::NONE
+    }
+    fn clear(&mut self) {
+        self.op = op::NONE;
+    }
+}
+
 /// An SSL_read or SSL_write call in progress (see [`SSL_READ`], [`SSL_WRITE`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -107,6 +162,16 @@ pub(crate) struct SslCall {
     /// The socket of the syscall OpenSSL made inside the call, if it made one.
     pub(crate) fd: u32,
     pub(crate) _pad: u32,
+}
+
+impl Slot for SslCall {
+    /// A call always has an `SSL*`.
+    fn is_empty(&self) -> bool {
+        self.ssl == 0
+    }
+    fn clear(&mut self) {
+        self.ssl = 0;
+    }
 }
 
 /// Key of [`SSL_SOCK`].

@@ -20,7 +20,10 @@ use crate::{
     helpers::{
         Op, admit, count, current, emit_buf, is_self, peek_class, probe_all, read_user_value,
     },
-    maps::{FDS, LAST_TLS_READ, PROBED, SSL_READ, SSL_SOCK, SSL_WRITE, SockRef, SslCall, SslKey},
+    maps::{
+        FDS, LAST_TLS_READ, PROBED, SSL_READ, SSL_SOCK, SSL_WRITE, Slot, SockRef, SslCall, SslKey,
+        put, take,
+    },
 };
 
 #[uprobe]
@@ -78,18 +81,16 @@ fn entry(ctx: &ProbeContext, calls: &LruHashMap<u64, SslCall>, len_ptr: u64) -> 
         fd: FD_UNSET,
         _pad: 0,
     };
-    let _ = calls.insert(id, call, 0);
+    let _ = put(calls, id, &call);
     0
 }
 
 #[inline(always)]
 fn ret(ctx: &RetProbeContext, calls: &LruHashMap<u64, SslCall>, read: bool) -> u32 {
     let (id, tgid, _) = current();
-    // SAFETY: copied out before the remove.
-    let Some(call) = (unsafe { calls.get(id) }).copied() else {
+    let Some(call) = take(calls, id) else {
         return 0;
     };
-    let _ = calls.remove(id);
     let ret: u64 = ctx.ret();
     let ret = ret as i32;
     // Learn which socket this SSL* runs on even from calls that move no data: node calls
@@ -112,7 +113,7 @@ fn ret(ctx: &RetProbeContext, calls: &LruHashMap<u64, SslCall>, read: bool) -> u
             _pad: 0,
             conn_id: call.conn_id,
         };
-        let _ = SSL_SOCK.insert(key, sock, 0);
+        let _ = put(&SSL_SOCK, key, &sock);
     // SAFETY: copied out at once.
     } else if let Some(known) = unsafe { SSL_SOCK.get(key) }.copied() {
         // No syscall this time: buffered bytes, or OpenSSL fed from memory.
@@ -121,7 +122,7 @@ fn ret(ctx: &RetProbeContext, calls: &LruHashMap<u64, SslCall>, read: bool) -> u
     } else if let Some(last) = unsafe { LAST_TLS_READ.get(id) }.copied() {
         // First call of an SSL* fed from memory: the socket this thread last read ciphertext
         // from is the one this session's handshake came through.
-        let _ = SSL_SOCK.insert(key, last, 0);
+        let _ = put(&SSL_SOCK, key, &last);
         sock = last;
     }
     let n = if call.len_ptr == 0 {
@@ -189,6 +190,9 @@ pub(crate) fn nested_syscall(id: u64, fd: u32, st: &ConnState, read: bool) -> bo
     };
     // SAFETY: map value pointer, valid for this program run.
     let call = unsafe { &mut *call };
+    if call.is_empty() {
+        return false;
+    }
     if call.fd == FD_UNSET {
         call.fd = fd;
         call.conn_id = st.conn_id;

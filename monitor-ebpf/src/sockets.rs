@@ -11,7 +11,7 @@ use crate::{
         count, current, is_self, next_conn_id, read_user_value, submit_control, syscall_arg,
         syscall_ret,
     },
-    maps::{FDS, SYSCALL_ARGS, SyscallArgs, op},
+    maps::{FDS, SYSCALL_ARGS, SyscallArgs, op, put, take},
 };
 
 const AF_INET: u16 = 2;
@@ -23,7 +23,7 @@ const EINPROGRESS: i64 = 115;
 /// Stashes a syscall's arguments for its exit.
 #[inline(always)]
 pub(crate) fn stash(id: u64, args: &SyscallArgs) {
-    if SYSCALL_ARGS.insert(id, args, 0).is_err() {
+    if !put(&SYSCALL_ARGS, id, args) {
         count(counter::ARGS_MAP_FULL, 1);
     }
 }
@@ -31,10 +31,7 @@ pub(crate) fn stash(id: u64, args: &SyscallArgs) {
 /// Takes the arguments this thread stashed at syscall entry.
 #[inline(always)]
 pub(crate) fn take_args(id: u64) -> Option<SyscallArgs> {
-    // SAFETY: copied out before the remove below; the entry is only written by this thread.
-    let args = unsafe { SYSCALL_ARGS.get(id) }.copied()?;
-    let _ = SYSCALL_ARGS.remove(id);
-    Some(args)
+    take(&SYSCALL_ARGS, id)
 }
 
 /// The [`fd_kind`] of a known fd, 0 if unknown. A plain u8 rather than `Option<u8>`: LLVM
