@@ -146,8 +146,9 @@ impl PrivacyConfig {
 pub struct CaptureConfig {
     /// Size of the kernel ring buffer, bytes (a power of two, at least 64 KiB).
     pub ring_buffer_bytes: u32,
-    /// Bytes waiting in the ring buffer before the kernel wakes the agent (it also polls);
-    /// at most a quarter of the ring is used, to wake it before the kernel sheds.
+    /// The kernel wakes the agent each time the ring buffer's backlog crosses a multiple of
+    /// this many bytes (it also polls); at most a quarter of the ring is used, to wake it
+    /// before the kernel sheds.
     pub wakeup_bytes: u64,
     /// Body bytes kept per message for analysis; sizes are always counted in full.
     pub body_limit: usize,
