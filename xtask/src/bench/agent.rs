@@ -168,6 +168,9 @@ pub(crate) struct Delta {
     pub(crate) lost: u64,
     /// The reasons of `lost` that moved, and by how much.
     pub(crate) lost_by_reason: Vec<(String, u64)>,
+    /// The stages of `apimon_shed_total` that moved (work not done under load: calls
+    /// `sampled_out` are counted there, not in the requests), and by how much.
+    pub(crate) shed_by_stage: Vec<(String, u64)>,
     /// `apimon_bytes_not_copied_total`.
     pub(crate) not_copied: u64,
     /// `apimon_kernel_records_skipped_total`.
@@ -193,7 +196,8 @@ impl Delta {
             }),
             ingress: diff(requests, &|s| s.label("direction") == Some("ingress")),
             lost: diff("apimon_events_lost_total", &|_| true),
-            lost_by_reason: lost_by_reason(before, after),
+            lost_by_reason: grown_by_label(before, after, "apimon_events_lost_total", "reason"),
+            shed_by_stage: grown_by_label(before, after, "apimon_shed_total", "stage"),
             not_copied: diff("apimon_bytes_not_copied_total", &|_| true),
             skipped: diff("apimon_kernel_records_skipped_total", &|_| true),
             cpu: after.cpu.saturating_sub(before.cpu),
@@ -229,19 +233,24 @@ fn tls_metrics(page: &Page) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Each `reason` of `apimon_events_lost_total` that grew between two snapshots.
-fn lost_by_reason(before: &Snapshot, after: &Snapshot) -> Vec<(String, u64)> {
-    let name = "apimon_events_lost_total";
-    let reasons = after
+/// Each value of `label` on counter `name` whose sample grew between two snapshots, and by
+/// how much.
+fn grown_by_label(
+    before: &Snapshot,
+    after: &Snapshot,
+    name: &str,
+    label: &str,
+) -> Vec<(String, u64)> {
+    let values = after
         .page
         .samples
         .iter()
         .filter(|s| s.name == name)
-        .filter_map(|s| s.label("reason"));
-    distinct(reasons)
+        .filter_map(|s| s.label(label));
+    distinct(values)
         .into_iter()
         .filter_map(|r| {
-            let of = |p: &Page| p.sum(name, |s| s.label("reason") == Some(r));
+            let of = |p: &Page| p.sum(name, |s| s.label(label) == Some(r));
             let d = growth(of(&before.page), of(&after.page));
             (d > 0).then(|| (r.to_owned(), d))
         })

@@ -138,6 +138,7 @@ impl Run {
             for (reason, n) in &a.lost_by_reason {
                 let _ = write!(s, " [{reason} {n}]");
             }
+            s.push_str(&shed_line(a));
             if a.not_copied > 0 || a.skipped > 0 {
                 let _ = write!(
                     s,
@@ -173,6 +174,19 @@ fn tls_line(a: &Delta) -> String {
         .map(|(n, v)| format!("{}={v}", n.trim_start_matches("apimon_")))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// ", shed: body 12, sampled_out 3" for the shed stages that moved; empty if none did.
+fn shed_line(a: &Delta) -> String {
+    if a.shed_by_stage.is_empty() {
+        return String::new();
+    }
+    let stages: Vec<String> = a
+        .shed_by_stage
+        .iter()
+        .map(|(stage, n)| format!("{stage} {n}"))
+        .collect();
+    format!(", shed: {}", stages.join(", "))
 }
 
 /// Agent CPU time per egress call it counted, in µs.
@@ -251,6 +265,7 @@ impl Machine {
             ("cpu".to_owned(), format!("{cpu}, {nproc} vCPU")),
             ("memory".to_owned(), mem),
             ("kernel".to_owned(), format!("Linux {kernel}")),
+            ("bpf stats".to_owned(), bpf_stats()),
             (
                 "agent".to_owned(),
                 format!("target/release/apimon built from {agent}"),
@@ -282,6 +297,18 @@ impl Machine {
         for (k, v) in &self.lines {
             println!("  {k:<9} {v}");
         }
+    }
+}
+
+/// Whether the kernel times every eBPF program run (`kernel.bpf_stats_enabled`): when on, each
+/// run of the floor's and the agent's programs alike also reads the clock twice, which on a VM
+/// with kvm-clock was 2% of the CPU of a host saturated with traced syscalls (perf,
+/// docs/performance.md).
+fn bpf_stats() -> String {
+    match fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").map(|s| s.trim().to_owned()) {
+        Ok(v) if v == "0" => "off (kernel.bpf_stats_enabled=0)".to_owned(),
+        Ok(v) => format!("on (kernel.bpf_stats_enabled={v}): every program run is timed"),
+        Err(e) => format!("unknown ({e})"),
     }
 }
 
@@ -605,7 +632,7 @@ pub(crate) fn print(runs: &[Run], held: Option<&Held>) {
     if let Some(h) = held {
         println!();
         println!(
-            "{} connections (one exchange each, then held open) in {:.1} s: agent RSS {:.1} MB before, {:.1} MB with them open ({:.0} bytes per connection), peak {:.1} MB; apimon_connections_tracked {}; egress calls counted {}/{}, ingress {}, lost {}",
+            "{} connections (one exchange each, then held open) in {:.1} s: agent RSS {:.1} MB before, {:.1} MB with them open ({:.0} bytes per connection), peak {:.1} MB; apimon_connections_tracked {}; egress calls counted {}/{}, ingress {}, lost {}{}",
             h.connections,
             h.open_secs,
             mb(h.rss_before),
@@ -617,6 +644,7 @@ pub(crate) fn print(runs: &[Run], held: Option<&Held>) {
             h.connections,
             h.agent.ingress,
             h.agent.lost,
+            shed_line(&h.agent),
         );
     }
     let tls_probed: Vec<String> = runs
