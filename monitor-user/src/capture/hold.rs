@@ -9,6 +9,7 @@
 
 use std::{
     collections::HashMap,
+    fs::File,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
@@ -47,7 +48,7 @@ pub struct OpenHold {
 #[derive(Debug)]
 struct Pending {
     /// The event's descriptor of the file: the answer names it.
-    fd: OwnedFd,
+    fd: File,
     deadline: Instant,
 }
 
@@ -194,9 +195,12 @@ impl OpenHold {
             let mut gone = false;
             for (pid, fd) in events(&buf[..n]) {
                 // SAFETY: the kernel opened this descriptor for us with the event.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let fd = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
                 // Pid 0: a kernel thread, or a process outside our pid namespace.
-                let file = file_id(&fd).filter(|_| pid != me && pid != 0 && !gone);
+                let file = (pid != me && pid != 0 && !gone)
+                    .then(|| fd.metadata().ok())
+                    .flatten()
+                    .map(|m| FileId::from(&m));
                 let Some(file) = file else {
                     self.answer(fd.as_raw_fd());
                     continue;
@@ -314,20 +318,6 @@ fn events(mut buf: &[u8]) -> Vec<(u32, i32)> {
         buf = &buf[len..];
     }
     out
-}
-
-fn file_id(fd: &OwnedFd) -> Option<FileId> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat fills the struct on success, and only then is it read.
-    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: initialised by the successful fstat above.
-    let st = unsafe { st.assume_init() };
-    Some(FileId {
-        dev: st.st_dev,
-        inode: st.st_ino,
-    })
 }
 
 #[cfg(test)]

@@ -35,6 +35,15 @@ pub struct FileId {
     pub inode: u64,
 }
 
+impl From<&fs::Metadata> for FileId {
+    fn from(m: &fs::Metadata) -> Self {
+        Self {
+            dev: m.dev(),
+            inode: m.ino(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum FileState {
     Openssl(elf::OpensslSymbols),
@@ -563,10 +572,7 @@ fn attach_one(
 
 /// A file's identity, following symlinks.
 fn file_id(path: &Path) -> Option<FileId> {
-    fs::metadata(path).ok().map(|m| FileId {
-        dev: m.dev(),
-        inode: m.ino(),
-    })
+    fs::metadata(path).ok().map(|m| FileId::from(&m))
 }
 
 /// The identity of the program `pid` runs.
