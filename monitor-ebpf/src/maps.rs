@@ -94,19 +94,31 @@ pub(crate) trait Slot: Copy {
     fn clear(&mut self);
 }
 
-/// Writes `value` under `key`: in place when the entry exists, else a new entry. Returns
-/// false when the map could not take it.
+/// Writes `value` under this thread's `id` (pid_tgid): in place when the entry exists, else a
+/// new entry. Returns false when the map could not take it.
 #[inline(always)]
-pub(crate) fn put<K, V: Copy>(map: &LruHashMap<K, V>, key: K, value: &V) -> bool {
-    match map.get_ptr_mut(&key) {
+pub(crate) fn put<V: Copy>(map: &LruHashMap<u64, V>, id: u64, value: &V) -> bool {
+    match map.get_ptr_mut(id) {
         Some(v) => {
-            // SAFETY: map value pointer, valid for this program run; per-thread keys are only
-            // written by their own thread.
+            // SAFETY: map value pointer, valid for this program run; a thread's entry is only
+            // written by that thread.
             unsafe { *v = *value };
             true
         }
-        None => map.insert(&key, value, 0).is_ok(),
+        None => map.insert(id, value, 0).is_ok(),
     }
+}
+
+/// Inserts `value` under a key the process's threads share, unless it is there already: an
+/// LRU update allocates an element even when nothing changes. Replaced whole, never written
+/// in place, so another thread never reads it half written.
+#[inline(always)]
+pub(crate) fn insert_if_changed<K, V: Copy + PartialEq>(map: &LruHashMap<K, V>, key: K, value: &V) {
+    // SAFETY: copied out at once.
+    if unsafe { map.get(&key) }.is_some_and(|v| v == value) {
+        return;
+    }
+    let _ = map.insert(&key, value, 0);
 }
 
 /// Takes the value of this thread's slot, leaving it empty.
@@ -185,7 +197,7 @@ pub(crate) struct SslKey {
 
 /// A connection, by fd and id (the id guards against fd reuse).
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SockRef {
     pub(crate) fd: u32,
     pub(crate) _pad: u32,

@@ -22,7 +22,7 @@ use crate::{
     },
     maps::{
         FDS, LAST_TLS_READ, PROBED, SSL_READ, SSL_SOCK, SSL_WRITE, Slot, SockRef, SslCall, SslKey,
-        put, take,
+        insert_if_changed, put, take,
     },
 };
 
@@ -113,7 +113,7 @@ fn ret(ctx: &RetProbeContext, calls: &LruHashMap<u64, SslCall>, read: bool) -> u
             _pad: 0,
             conn_id: call.conn_id,
         };
-        let _ = put(&SSL_SOCK, key, &sock);
+        insert_if_changed(&SSL_SOCK, key, &sock);
     // SAFETY: copied out at once.
     } else if let Some(known) = unsafe { SSL_SOCK.get(key) }.copied() {
         // No syscall this time: buffered bytes, or OpenSSL fed from memory.
@@ -122,7 +122,7 @@ fn ret(ctx: &RetProbeContext, calls: &LruHashMap<u64, SslCall>, read: bool) -> u
     } else if let Some(last) = unsafe { LAST_TLS_READ.get(id) }.copied() {
         // First call of an SSL* fed from memory: the socket this thread last read ciphertext
         // from is the one this session's handshake came through.
-        let _ = put(&SSL_SOCK, key, &last);
+        let _ = SSL_SOCK.insert(key, last, 0);
         sock = last;
     }
     let n = if call.len_ptr == 0 {
