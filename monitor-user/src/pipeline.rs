@@ -290,8 +290,13 @@ impl Pipeline {
             while handled < MAX_BATCH
                 && let Some(item) = ring.next()
             {
-                let ts = records::timestamp(&item).filter(|&ts| ts >= started);
-                self.observe_pressure(ts, fill.as_ref());
+                if handled == 0 {
+                    // The pass's first record is its oldest: how far behind the pipeline is.
+                    // Once per pass, not per record: a clock read, the ring's fill and a
+                    // second look at the header, on every record, said nothing more.
+                    let ts = records::timestamp(&item).filter(|&ts| ts >= started);
+                    self.observe_pressure(ts, fill.as_ref());
+                }
                 self.record(&item);
                 handled += 1;
             }

@@ -226,7 +226,7 @@ pub struct Metrics {
     /// `apimon_shed_level`: 0 none, 1 heads only, `k >= 2` also one in `2^(k-1)` new
     /// connections per process analysed.
     pub shed_level: IntGauge,
-    /// `apimon_pipeline_lag_seconds`: age of the last record handled.
+    /// `apimon_pipeline_lag_seconds`: age of the oldest record of the last pass over the ring.
     pub lag: Gauge,
     /// `apimon_shed_total{stage}`, per [`ShedStage`].
     shed: [IntCounter; ShedStage::ALL.len()],
@@ -444,7 +444,7 @@ impl Metrics {
                 &registry,
                 Gauge::new(
                     "apimon_pipeline_lag_seconds",
-                    "Age of the last kernel record the pipeline handled.",
+                    "Age, when it was handled, of the oldest kernel record of the pipeline's last pass over the ring buffer (0: it was empty).",
                 ),
             ),
             shed: counter_series(
