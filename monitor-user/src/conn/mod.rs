@@ -672,11 +672,7 @@ mod tests {
         let mut r = data(1, true, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         r.tls = true;
         t.data(&r, &mut out);
-        let info = out.iter().find_map(|e| match e {
-            ConnEvent::Exchange(info, _) => Some(info.clone()),
-            _ => None,
-        });
-        assert_eq!(info.and_then(|i| i.tls_lib), Some("openssl"));
+        assert_eq!(each_exchange(&out, |info, _| info.tls_lib), vec![Some("openssl")]);
     }
 
     #[test]
