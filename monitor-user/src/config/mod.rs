@@ -154,7 +154,7 @@ pub struct CaptureConfig {
     pub body_limit: usize,
     /// Largest start line plus headers accepted per message.
     pub max_header_bytes: usize,
-    /// Connections followed at once; the least recently active is dropped beyond.
+    /// Connections followed at once; beyond, the least recently active 1/64 are dropped.
     pub max_connections: usize,
     /// Bytes all connections may hold in reassembly buffers together; beyond, the least
     /// recently active connections are dropped.

@@ -6,7 +6,7 @@
 mod sample;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::Arc,
 };
@@ -60,7 +60,8 @@ pub enum ConnEvent {
 #[derive(Clone, Copy, Debug)]
 pub struct TableConfig {
     pub http: Limits,
-    /// Connections followed at most; the least recently active is dropped beyond.
+    /// Connections followed at most; beyond, the least recently active are dropped
+    /// ([`EVICT_SHARE`] of them at once).
     pub max_connections: usize,
     /// Reassembly bytes all connections may hold together (see [`ConnTable::memory`]);
     /// beyond, the least recently active are dropped at the next [`ConnTable::tick`].
@@ -111,12 +112,20 @@ impl Conn {
     }
 }
 
+/// At the table's cap, one in this many connections is dropped at once (the least recently
+/// active): 1,024 at the default 65,536.
+const EVICT_SHARE: usize = 64;
+
 /// All connections being followed.
 #[derive(Debug)]
 pub struct ConnTable {
     config: TableConfig,
     conns: HashMap<u64, Conn>,
-    by_pid: HashMap<u32, HashSet<u64>>,
+    /// The connection on each (pid, fd): one at most, as in the process. Ordered so that a
+    /// process's connections are one range (its exit), and an fd reused without a close we
+    /// saw is one lookup (a process with 10,000 connections opening one more must not look
+    /// at the other 10,000).
+    by_fd: BTreeMap<(u32, u32), u64>,
     /// Whether message bodies are kept for analysis (false while shedding load).
     keep_bodies: bool,
     /// Which new connections are analysed (all unless shedding load).
@@ -138,7 +147,7 @@ impl ConnTable {
         Self {
             config,
             conns: HashMap::new(),
-            by_pid: HashMap::new(),
+            by_fd: BTreeMap::new(),
             keep_bodies: true,
             sampler: Sampler::new(),
             buffered: 0,
@@ -189,19 +198,11 @@ impl ConnTable {
     /// A connection starts (kernel record, or found open at start).
     pub fn open(&mut self, o: Opened, out: &mut Vec<ConnEvent>) {
         // The fd may have been reused without a close we saw: end the old connection.
-        let stale: Vec<u64> = self
-            .by_pid
-            .get(&o.pid)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|id| self.conns.get(id).is_some_and(|c| c.info.fd == o.fd))
-            .collect();
-        for id in stale {
-            self.close(id, None, out);
+        if let Some(&stale) = self.by_fd.get(&(o.pid, o.fd)) {
+            self.close(stale, None, out);
         }
         if self.conns.len() >= self.config.max_connections {
-            self.evict_one(out);
+            self.evict_oldest(out);
         }
         if !o.verified || o.remote.is_none() {
             out.push(ConnEvent::Resolve {
@@ -220,7 +221,7 @@ impl ConnTable {
             tls_lib: None,
             sampled: self.sampler.admit(o.pid),
         };
-        self.by_pid.entry(o.pid).or_default().insert(o.conn_id);
+        self.by_fd.insert((o.pid, o.fd), o.conn_id);
         self.conns.insert(
             o.conn_id,
             Conn {
@@ -247,7 +248,7 @@ impl ConnTable {
                 let Some(c) = self.conns.remove(&conn_id) else {
                     return;
                 };
-                self.unindex(c.info.pid, conn_id);
+                self.unindex(&c.info);
                 // Not a call to anyone we can name: its requests in progress are not reported,
                 // but counted.
                 let calls = c.session.as_ref().map_or(0, Session::pending);
@@ -349,7 +350,7 @@ impl ConnTable {
         let Some(mut conn) = self.conns.remove(&conn_id) else {
             return;
         };
-        self.unindex(conn.info.pid, conn_id);
+        self.unindex(&conn.info);
         if let (Some(session), Some(seq), Some(tls)) = (conn.session.as_mut(), seq, conn.tls) {
             for read in [false, true] {
                 let idx = stream_index(tls, read);
@@ -373,18 +374,18 @@ impl ConnTable {
     /// The fds of `pid`'s connections.
     #[must_use]
     pub fn fds_of(&self, pid: u32) -> Vec<u32> {
-        self.by_pid
-            .get(&pid)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.conns.get(id).map(|c| c.info.fd))
-            .collect()
+        self.of_pid(pid).map(|((_, fd), _)| *fd).collect()
+    }
+
+    /// `pid`'s entries in [`Self::by_fd`].
+    fn of_pid(&self, pid: u32) -> impl Iterator<Item = (&(u32, u32), &u64)> {
+        self.by_fd.range((pid, 0)..=(pid, u32::MAX))
     }
 
     /// The process exited: all its connections are over.
     pub fn exit(&mut self, pid: u32, out: &mut Vec<ConnEvent>) {
         self.sampler.forget(pid);
-        let ids: Vec<u64> = self.by_pid.remove(&pid).into_iter().flatten().collect();
+        let ids: Vec<u64> = self.of_pid(pid).map(|(_, id)| *id).collect();
         for id in ids {
             self.close(id, None, out);
         }
@@ -461,24 +462,30 @@ impl ConnTable {
         }
     }
 
-    fn evict_one(&mut self, out: &mut Vec<ConnEvent>) {
-        let oldest = self
-            .conns
-            .iter()
-            .min_by_key(|(_, c)| c.last_ts)
-            .map(|(id, _)| *id);
-        if let Some(id) = oldest {
+    /// Drops the least recently active [`EVICT_SHARE`] of the table (one at least): finding
+    /// the oldest is a pass over the table, which a flood of new connections at the cap
+    /// would otherwise pay on every one of them.
+    fn evict_oldest(&mut self, out: &mut Vec<ConnEvent>) {
+        let n = (self.config.max_connections / EVICT_SHARE)
+            .max(1)
+            .min(self.conns.len());
+        let mut by_age: Vec<(u64, u64)> =
+            self.conns.iter().map(|(id, c)| (c.last_ts, *id)).collect();
+        if n < by_age.len() {
+            by_age.select_nth_unstable(n);
+            by_age.truncate(n);
+        }
+        for (_, id) in by_age {
             self.close(id, None, out);
             out.push(ConnEvent::Evicted);
         }
     }
 
-    fn unindex(&mut self, pid: u32, conn_id: u64) {
-        if let Some(set) = self.by_pid.get_mut(&pid) {
-            set.remove(&conn_id);
-            if set.is_empty() {
-                self.by_pid.remove(&pid);
-            }
+    /// Removes a connection leaving the table from [`Self::by_fd`].
+    fn unindex(&mut self, info: &ConnInfo) {
+        let key = (info.pid, info.fd);
+        if self.by_fd.get(&key) == Some(&info.conn_id) {
+            self.by_fd.remove(&key);
         }
     }
 }
@@ -660,6 +667,32 @@ mod tests {
     }
 
     #[test]
+    fn each_descriptor_and_process_is_its_own_connection() {
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        for fd in 0..100 {
+            t.open(opened_on(u64::from(fd), fd), &mut out);
+        }
+        let mut other = opened_on(1000, 7);
+        other.pid = 11;
+        t.open(other, &mut out);
+        // Reusing fd 7 in pid 10 ends only the connection that had it there.
+        t.open(opened_on(500, 7), &mut out);
+        assert_eq!(t.len(), 101);
+        assert!(!t.conns.contains_key(&7) && t.conns.contains_key(&1000));
+        let mut fds = t.fds_of(10);
+        fds.sort_unstable();
+        assert_eq!(fds, (0..100).collect::<Vec<u32>>());
+        // The old connection on fd 7 leaving again must not unindex its successor.
+        t.close(7, None, &mut out);
+        assert_eq!(t.by_fd.get(&(10, 7)), Some(&500));
+        t.exit(10, &mut out);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.fds_of(11), vec![7]);
+        assert!(t.fds_of(10).is_empty());
+    }
+
+    #[test]
     fn tls_plaintext_replaces_socket_bytes() {
         let mut t = ConnTable::new(TableConfig::default());
         let mut out = Vec::new();
@@ -672,7 +705,10 @@ mod tests {
         let mut r = data(1, true, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         r.tls = true;
         t.data(&r, &mut out);
-        assert_eq!(each_exchange(&out, |info, _| info.tls_lib), vec![Some("openssl")]);
+        assert_eq!(
+            each_exchange(&out, |info, _| info.tls_lib),
+            vec![Some("openssl")]
+        );
     }
 
     #[test]
@@ -844,5 +880,30 @@ mod tests {
                 .count(),
             7
         );
+    }
+
+    #[test]
+    fn a_full_table_drops_its_least_recently_active_share_at_once() {
+        let max = EVICT_SHARE * 4;
+        let mut t = ConnTable::new(TableConfig {
+            max_connections: max,
+            ..TableConfig::default()
+        });
+        let mut out = Vec::new();
+        for id in 0..=max as u64 {
+            let mut o = opened_on(id, id as u32);
+            // Connection 0 is the most recently active, the rest in order of opening.
+            o.ts = if id == 0 { u64::MAX } else { id };
+            t.open(o, &mut out);
+        }
+        let evicted = out
+            .iter()
+            .filter(|e| matches!(e, ConnEvent::Evicted))
+            .count();
+        assert_eq!(evicted, 4);
+        assert_eq!(t.len(), max - 3);
+        assert!(t.conns.contains_key(&0));
+        assert!((1..=4).all(|id| !t.conns.contains_key(&id)));
+        assert_eq!(t.by_fd.len(), t.len());
     }
 }
