@@ -432,3 +432,76 @@ fn third_party_mode_probes_the_caller_not_the_inbound_server() {
         "the inbound-only server was probed"
     );
 }
+
+/// A server that accepts without asking for the peer's address (libuv: `accept4(fd, NULL,
+/// NULL)`), so the kernel cannot say where its connections come from and the agent asks each
+/// socket. Every call it serves is reported; once the socket has answered, with its client's
+/// address. The first call of a connection may be analysed before that answer comes (it is
+/// then reported without one): the client waits between calls so that the later ones cannot be.
+#[test]
+fn a_server_that_accepts_without_the_peer_address() {
+    if !can_run("a_server_that_accepts_without_the_peer_address") {
+        return;
+    }
+    let agent = Agent::start();
+    let script = "const s = require('http').createServer((q, r) => r.end('ok'));\
+        s.listen(0, '127.0.0.1', () => console.log(s.address().port));";
+    let mut server = Command::new("node")
+        .arg("-e")
+        .arg(script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start node");
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("node's port");
+    let port: u16 = line.trim().parse().expect("a port");
+    // One keep-alive connection, three calls, 300 ms apart.
+    let client = format!(
+        "import http.client, time\n\
+         c = http.client.HTTPConnection('127.0.0.1', {port})\n\
+         for n in range(3):\n    \
+             c.request('GET', '/in/%d' % n)\n    \
+             assert c.getresponse().read() == b'ok'\n    \
+             time.sleep(0.3)\n"
+    );
+    run_client(Command::new("python3").arg("-c").arg(client));
+    let node = server.id();
+    let _ = server.kill();
+    let _ = server.wait();
+    let events = agent.stop();
+    let calls = calls_of(&events, node);
+    let got: Vec<_> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["method"].as_str().unwrap_or_default().to_owned(),
+                c["path"].as_str().unwrap_or_default().to_owned(),
+                c["status"].as_u64(),
+                c["direction"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<_> = (0..3)
+        .map(|n| {
+            (
+                "GET".to_owned(),
+                format!("/in/{n}"),
+                Some(200),
+                "ingress".to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    let remotes: Vec<_> = calls.iter().map(|c| c["remote_addr"].clone()).collect();
+    assert_eq!(remotes[1], remotes[2], "{remotes:?}");
+    let remote: std::net::SocketAddr = remotes[1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no client address: {remotes:?}"));
+    assert!(
+        remote.ip().is_loopback() && remote.port() != port,
+        "{remote}"
+    );
+}

@@ -132,6 +132,9 @@ pub struct TlsAttacher {
     /// Where each file carrying OpenSSL was seen, to probe it before a new process maps it.
     shown: HashMap<FileId, String>,
     procs: HashMap<u32, Probed>,
+    /// In how many processes each file is probed: the stats in one look, not a pass over
+    /// every probed process's files on each probe change.
+    probed_in: HashMap<FileId, usize>,
     /// Files probed in every process (`tls_probe = "all"`).
     everywhere: HashMap<FileId, Links>,
     /// The uprobes of each file probed per process, shared by those processes.
@@ -162,6 +165,7 @@ impl Default for TlsAttacher {
             files: HashMap::new(),
             shown: HashMap::new(),
             procs: HashMap::new(),
+            probed_in: HashMap::new(),
             everywhere: HashMap::new(),
             shared: HashMap::new(),
             programs: HashMap::new(),
@@ -182,13 +186,15 @@ impl TlsAttacher {
     /// What is attached now.
     #[must_use]
     pub fn stats(&self) -> TlsStats {
-        let mut files: HashSet<FileId> = self.everywhere.keys().copied().collect();
-        for p in self.procs.values() {
-            files.extend(p.files.iter().copied());
-        }
+        // Files probed everywhere are a handful.
+        let only_everywhere = self
+            .everywhere
+            .keys()
+            .filter(|id| !self.probed_in.contains_key(id))
+            .count();
         TlsStats {
             processes: self.procs.len(),
-            files: files.len(),
+            files: self.probed_in.len() + only_everywhere,
             failures: self.failures,
         }
     }
@@ -437,7 +443,9 @@ impl TlsAttacher {
         debug!("TLS: probing OpenSSL in {shown} for pid {pid}");
         let p = self.procs.entry(pid).or_default();
         p.links.extend(fds);
-        p.files.insert(id);
+        if p.files.insert(id) {
+            *self.probed_in.entry(id).or_insert(0) += 1;
+        }
         true
     }
 
@@ -496,6 +504,14 @@ impl TlsAttacher {
     pub fn unprobe(&mut self, pid: u32) -> bool {
         match self.procs.remove(&pid) {
             Some(p) => {
+                for id in &p.files {
+                    if let Some(n) = self.probed_in.get_mut(id) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.probed_in.remove(id);
+                        }
+                    }
+                }
                 self.reaper.detach(p.links);
                 true
             }
