@@ -8,6 +8,7 @@ pub mod capture;
 pub mod config;
 pub mod conn;
 pub mod durable;
+pub mod evict;
 pub mod har;
 pub mod http;
 pub mod output;

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{analysis::detect::DataType, durable};
 
+/// Pairs forgotten at once when full: 1/64 of the maximum.
+const EVICT_SHARE: usize = 64;
+
 /// Something seen for the first time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Novel {
@@ -170,22 +173,29 @@ impl Novelty {
         vec![novel]
     }
 
+    /// Forgets the least recently used [`EVICT_SHARE`] of the pairs (one at least): finding
+    /// them is a pass over all, so freeing one at a time would make a flood quadratic.
     fn evict(&mut self) {
-        let oldest = self
+        let n = (self.max / EVICT_SHARE).max(1).min(self.len);
+        let by_age = self
             .known
             .iter()
-            .flat_map(|(h, m)| m.iter().map(move |(p, k)| (k.last_used, h, p)))
-            .min()
-            .map(|(_, h, p)| (h.clone(), p.clone()));
-        if let Some((h, p)) = oldest
-            && let Some(m) = self.known.get_mut(&h)
-        {
-            m.remove(&p);
-            if m.is_empty() {
-                self.known.remove(&h);
+            .flat_map(|(h, m)| m.iter().map(move |(p, k)| (k.last_used, (h, p))))
+            .collect();
+        let victims: Vec<(String, String)> = crate::evict::least_recent(by_age, n)
+            .into_iter()
+            .map(|(h, p)| (h.clone(), p.clone()))
+            .collect();
+        for (h, p) in victims {
+            if let Some(m) = self.known.get_mut(&h)
+                && m.remove(&p).is_some()
+            {
+                if m.is_empty() {
+                    self.known.remove(&h);
+                }
+                self.len -= 1;
+                self.evicted += 1;
             }
-            self.len -= 1;
-            self.evicted += 1;
         }
     }
 
@@ -271,5 +281,32 @@ mod tests {
         }
         assert_eq!(n.len(), 3);
         assert_eq!(n.evicted(), 7);
+    }
+
+    #[test]
+    fn a_flood_forgets_the_least_recently_used_share_at_once() {
+        let mut n = Novelty::load(None, Duration::ZERO, 640).expect("load");
+        for i in 0..640 {
+            n.observe("p", &format!("h{i}"), &[], "t");
+        }
+        // h0 is used again, so h1..h10 are now the least recently used.
+        assert!(n.observe("p", "h0", &[], "t").is_empty());
+        assert_eq!(n.observe("p", "new", &[], "t").len(), 1);
+        assert_eq!(n.evicted(), 10);
+        assert_eq!(n.len(), 631);
+        assert!(n.observe("p", "h0", &[], "t").is_empty());
+        assert!(n.observe("p", "h11", &[], "t").is_empty());
+        // Forgotten, so new again (there is room: no further eviction).
+        assert_eq!(n.observe("p", "h1", &[], "t").len(), 1);
+        assert_eq!(n.evicted(), 10);
+        // Each eviction frees ten places, so the 1000 new pairs below cost 100 passes; every
+        // pair forgotten is counted.
+        for i in 0..1000 {
+            n.observe("q", &format!("h{i}"), &[], "t");
+            assert!(n.len() <= 640);
+        }
+        assert_eq!(n.evicted(), 10 + 1000);
+        assert_eq!(n.len(), 632);
+        assert_eq!(n.len() as u64 + n.evicted(), 640 + 1 + 1 + 1000);
     }
 }

@@ -43,6 +43,12 @@ pub struct Router {
     id_seed: String,
     seq: u64,
     max_groups: usize,
+    /// A sweep for room found none; set until the next flush. Between flushes no group can
+    /// become removable, so sweeping again would only cost a pass per new key.
+    full: bool,
+    /// Sweeps run, so tests can count them.
+    #[cfg(test)]
+    sweeps: usize,
 }
 
 /// The grouping key of a subject: same kind, type or signal, process, host and route.
@@ -69,6 +75,9 @@ impl Router {
             agent,
             seq: 0,
             max_groups,
+            full: false,
+            #[cfg(test)]
+            sweeps: 0,
         }
     }
 
@@ -104,9 +113,14 @@ impl Router {
             return Ok(Offered::Deduplicated);
         }
         let alert = build();
-        if self.groups.len() >= self.max_groups {
+        if self.groups.len() >= self.max_groups && !self.full {
             self.groups
                 .retain(|_, g| g.sent_at.is_none() || g.pending > 0);
+            self.full = self.groups.len() >= self.max_groups;
+            #[cfg(test)]
+            {
+                self.sweeps += 1;
+            }
         }
         if self.groups.len() >= self.max_groups {
             // Too many distinct keys at once: send without grouping rather than drop.
@@ -154,6 +168,8 @@ impl Router {
     }
 
     fn flush(&mut self, now: Instant, wait: Duration, window: Duration) {
+        // Groups sent here become removable, so the next new key may sweep again.
+        self.full = false;
         let mut out = Vec::new();
         self.groups.retain(|_, g| match g.sent_at {
             None if now.duration_since(g.opened) >= wait => {
@@ -270,5 +286,35 @@ mod tests {
         let all = r.drain(t0);
         assert_eq!(all.len(), 2);
         assert!(all.iter().all(|a| a.count == 1 && a.agent == "host-a"));
+    }
+
+    #[test]
+    fn a_full_router_sweeps_once_per_tick_and_sends_the_rest_ungrouped() {
+        let mut r = router(10, 60);
+        let t0 = Instant::now();
+        let hosts: Vec<String> = (0..1100).map(|i| format!("h{i}.com")).collect();
+        for h in &hosts[..100] {
+            let _ = r.offer(&subject(h), None, "t", t0, build(h));
+        }
+        assert_eq!(r.groups(), 100);
+        // Every group is still collecting: nothing can be freed, and one sweep finds that out.
+        for h in &hosts[100..1100] {
+            assert_eq!(
+                r.offer(&subject(h), None, "t", t0, build(h)),
+                Ok(Offered::New)
+            );
+        }
+        assert_eq!(r.sweeps, 1);
+        assert_eq!(r.groups(), 100);
+        let sent = r.tick(t0);
+        assert_eq!(sent.len(), 1000);
+        assert!(sent.iter().all(|a| a.count == 1 && !a.repeat));
+        // The wait is over: the groups go out with nothing pending, and a new key frees them.
+        assert_eq!(r.tick(t0 + Duration::from_secs(10)).len(), 100);
+        let t1 = t0 + Duration::from_secs(10);
+        let _ = r.offer(&subject("new.com"), None, "t", t1, build("new.com"));
+        assert_eq!(r.sweeps, 2);
+        assert_eq!(r.groups(), 1);
+        assert!(r.tick(t1).is_empty());
     }
 }

@@ -184,15 +184,21 @@ impl VolumeDetector {
         series.add(s, window);
     }
 
-    /// Drops the least recently active tenth of the series.
+    /// Drops the least recently active tenth of the series (one at least).
     fn evict(&mut self) {
-        let mut ages: Vec<u64> = self.series.values().map(|s| s.last_active).collect();
-        let n = (ages.len() / 10).max(1);
-        let (_, cut, _) = ages.select_nth_unstable(n - 1);
-        let cut = *cut;
-        let before = self.series.len();
-        self.series.retain(|_, s| s.last_active > cut);
-        self.evicted += (before - self.series.len()) as u64;
+        // Selected by key rather than cut at an age: a burst of new series shares one window,
+        // and a cut would drop all of them with their baselines.
+        let by_age = self
+            .series
+            .iter()
+            .map(|(k, s)| (s.last_active, *k))
+            .collect();
+        let n = (self.series.len() / 10).max(1);
+        for k in crate::evict::least_recent(by_age, n) {
+            if self.series.remove(&k).is_some() {
+                self.evicted += 1;
+            }
+        }
     }
 
     /// Length of a window.

@@ -469,13 +469,8 @@ impl ConnTable {
         let n = (self.config.max_connections / EVICT_SHARE)
             .max(1)
             .min(self.conns.len());
-        let mut by_age: Vec<(u64, u64)> =
-            self.conns.iter().map(|(id, c)| (c.last_ts, *id)).collect();
-        if n < by_age.len() {
-            by_age.select_nth_unstable(n);
-            by_age.truncate(n);
-        }
-        for (_, id) in by_age {
+        let by_age = self.conns.iter().map(|(id, c)| (c.last_ts, *id)).collect();
+        for id in crate::evict::least_recent(by_age, n) {
             self.close(id, None, out);
             out.push(ConnEvent::Evicted);
         }

@@ -250,3 +250,39 @@ fn nothing_spikes_during_warm_up_and_series_are_capped() {
     assert!(d.len() <= 100, "{}", d.len());
     assert!(d.evicted() >= 900);
 }
+
+#[test]
+fn eviction_drops_a_tenth_even_when_every_series_is_as_old() {
+    let config = AnomalyConfig {
+        max_series: 100,
+        ..AnomalyConfig::default()
+    };
+    let mut d = VolumeDetector::new(&config);
+    // All in one window: every series has the same last_active.
+    for i in 0..100 {
+        d.observe("app", "h", &format!("/r{i}"), Sample::default());
+    }
+    d.observe("app", "h", "/new", Sample::default());
+    assert_eq!(d.evicted(), 10);
+    assert_eq!(d.len(), 91);
+    // With mixed ages, the least recently active go first: touch 9 survivors, add 9 series
+    // to fill up again, and the next one evicts 10 of the 82 left untouched.
+    let mut scores = Scores::new();
+    d.close_window(&mut scores);
+    let touched: Vec<String> = d.series.values().take(9).map(|s| s.route.clone()).collect();
+    for r in &touched {
+        d.observe("app", "h", r, Sample::default());
+    }
+    let added: Vec<String> = (0..10).map(|i| format!("/late{i}")).collect();
+    for r in &added {
+        d.observe("app", "h", r, Sample::default());
+    }
+    assert_eq!(d.evicted(), 10 + 10);
+    assert_eq!(d.len(), 91);
+    for r in touched.iter().chain(&added) {
+        assert!(
+            d.series.contains_key(&key("app", "h", r)),
+            "{r} was active last"
+        );
+    }
+}
