@@ -446,14 +446,24 @@ fn a_server_that_accepts_without_the_peer_address() {
     let agent = Agent::start();
     let script = "const s = require('http').createServer((q, r) => r.end('ok'));\
         s.listen(0, '127.0.0.1', () => console.log(s.address().port));";
-    let mut server = Command::new("node")
-        .arg("-e")
-        .arg(script)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start node");
+    /// Kills the server however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Server(
+        Command::new("node")
+            .arg("-e")
+            .arg(script)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start node"),
+    );
     let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().expect("stdout"))
+    BufReader::new(server.0.stdout.as_mut().expect("stdout"))
         .read_line(&mut line)
         .expect("node's port");
     let port: u16 = line.trim().parse().expect("a port");
@@ -467,9 +477,8 @@ fn a_server_that_accepts_without_the_peer_address() {
              time.sleep(0.3)\n"
     );
     run_client(Command::new("python3").arg("-c").arg(client));
-    let node = server.id();
-    let _ = server.kill();
-    let _ = server.wait();
+    let node = server.0.id();
+    drop(server);
     let events = agent.stop();
     let calls = calls_of(&events, node);
     let got: Vec<_> = calls

@@ -1,7 +1,7 @@
 //! The control thread: owns the loaded programs and the maps userspace writes. It decides which
-//! processes get TLS probes and attaches them, finds connections open before start, answers
-//! lookups in /proc, mutes connections the pipeline gave up on, and exports the kernel's drop
-//! counters.
+//! processes get TLS probes and attaches them, finds connections open before start, finds
+//! where connections go when the kernel could not say, mutes connections the pipeline gave up
+//! on, and exports the kernel's drop counters.
 
 use std::{
     collections::HashMap,

@@ -7,6 +7,7 @@ pub mod elf;
 pub mod hold;
 pub mod host;
 pub mod loader;
+pub mod peer;
 pub mod probe_events;
 pub mod procfs;
 pub mod reaper;

@@ -124,8 +124,7 @@ fn parse_proc_addr(field: &str, v6: bool) -> Option<SocketAddr> {
         for i in 0..4 {
             b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
         }
-        let v6 = Ipv6Addr::from(b);
-        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        super::records::unmapped(Ipv6Addr::from(b))
     } else {
         IpAddr::V4(Ipv4Addr::from(word(0)?))
     };

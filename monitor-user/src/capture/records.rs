@@ -117,17 +117,20 @@ pub fn comm_str(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
+/// An IPv6 address as a peer is named: dual-stack sockets see IPv4 peers as
+/// `::ffff:a.b.c.d`, which are IPv4 peers all the same.
+#[must_use]
+pub fn unmapped(v6: Ipv6Addr) -> IpAddr {
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
 /// A socket address from the kernel's family, network-order port and address bytes.
 #[must_use]
 pub fn socket_addr(family: u16, port: [u8; 2], addr: [u8; 16]) -> Option<SocketAddr> {
     let port = u16::from_be_bytes(port);
     let ip = match family {
         2 => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
-        10 => {
-            let v6 = Ipv6Addr::from(addr);
-            // Dual-stack sockets see IPv4 peers as ::ffff:a.b.c.d.
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-        }
+        10 => unmapped(Ipv6Addr::from(addr)),
         _ => return None,
     };
     Some(SocketAddr::new(ip, port))

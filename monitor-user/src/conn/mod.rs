@@ -46,7 +46,7 @@ pub enum ConnEvent {
     UnmatchedResponse,
     /// The kernel should stop forwarding this connection's bytes (upgraded, or not HTTP).
     Mute { pid: u32, fd: u32, conn_id: u64 },
-    /// The kernel could not tell the socket is TCP, or where it goes: look in /proc.
+    /// The kernel could not tell the socket is TCP, or where it goes: ask the socket.
     Resolve { pid: u32, fd: u32, conn_id: u64 },
     /// A connection was dropped to stay within the table's size or its memory budget (its
     /// requests in progress are reported, unanswered, before this).
