@@ -103,12 +103,39 @@ struct Conn {
     tls: Option<bool>,
     last_ts: u64,
     muted: bool,
+    /// Userspace is finding out where it goes (see [`ConnEvent::Resolve`]).
+    resolving: bool,
+    /// Exchanges finished while resolving: handed on once the peer is known, so that they
+    /// carry it (a server that accepts without the peer's address has its first calls
+    /// parsed before the answer comes).
+    #[expect(clippy::vec_box, reason = "they arrive and leave boxed: no move out and back")]
+    held: Vec<Box<Exchange>>,
 }
 
+/// Exchanges a connection holds while it is resolved; beyond, they go on without a peer.
+const MAX_HELD: usize = 64;
+
 impl Conn {
-    /// Approximate bytes this connection holds: its entry and its session's buffers.
+    /// Approximate bytes this connection holds: its entry, its session's buffers and the
+    /// exchanges it holds.
     fn memory(&self) -> usize {
-        256 + self.session.as_ref().map_or(0, Session::memory)
+        let held: usize = self
+            .held
+            .iter()
+            .map(|x| {
+                let response = x.response.as_ref().map_or(0, |r| r.body.data.capacity());
+                512 + x.request.body.data.capacity() + response
+            })
+            .sum();
+        256 + self.session.as_ref().map_or(0, Session::memory) + held
+    }
+
+    /// Hands on the exchanges held while resolving, with what is known now.
+    fn release(&mut self, out: &mut Vec<ConnEvent>) {
+        self.resolving = false;
+        for x in self.held.drain(..) {
+            out.push(ConnEvent::Exchange(Arc::clone(&self.info), x));
+        }
     }
 }
 
@@ -204,7 +231,8 @@ impl ConnTable {
         if self.conns.len() >= self.config.max_connections {
             self.evict_oldest(out);
         }
-        if !o.verified || o.remote.is_none() {
+        let resolving = !o.verified || o.remote.is_none();
+        if resolving {
             out.push(ConnEvent::Resolve {
                 pid: o.pid,
                 fd: o.fd,
@@ -232,6 +260,8 @@ impl ConnTable {
                 tls: None,
                 last_ts: o.ts,
                 muted: false,
+                resolving,
+                held: Vec::new(),
             },
         );
     }
@@ -242,6 +272,7 @@ impl ConnTable {
             Some(addr) => {
                 if let Some(c) = self.conns.get_mut(&conn_id) {
                     Arc::make_mut(&mut c.info).remote = Some(addr);
+                    c.release(out);
                 }
             }
             None => {
@@ -249,9 +280,9 @@ impl ConnTable {
                     return;
                 };
                 self.unindex(&c.info);
-                // Not a call to anyone we can name: its requests in progress are not reported,
-                // but counted.
-                let calls = c.session.as_ref().map_or(0, Session::pending);
+                // Not a call to anyone we can name: its calls held or in progress are not
+                // reported, but counted.
+                let calls = c.held.len() + c.session.as_ref().map_or(0, Session::pending);
                 if calls > 0 {
                     out.push(ConnEvent::Dropped { calls });
                 }
@@ -369,6 +400,9 @@ impl ConnTable {
             session.close();
         }
         Self::drain(&mut conn, out);
+        // Gone before userspace could say where it went: the answer will find nothing to
+        // give its peer to, so what it held goes on without one.
+        conn.release(out);
     }
 
     /// The fds of `pid`'s connections.
@@ -445,6 +479,9 @@ impl ConnTable {
         };
         for event in session.drain() {
             match event {
+                SessionEvent::Exchange(x) if conn.resolving && conn.held.len() < MAX_HELD => {
+                    conn.held.push(x);
+                }
                 SessionEvent::Exchange(x) => {
                     out.push(ConnEvent::Exchange(Arc::clone(&conn.info), x))
                 }
@@ -685,6 +722,59 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t.fds_of(11), vec![7]);
         assert!(t.fds_of(10).is_empty());
+    }
+
+    #[test]
+    fn calls_wait_for_the_peer_of_a_connection_being_resolved() {
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        let remotes = |out: &[ConnEvent]| each_exchange(out, |info, _| info.remote);
+        // Accepted without the peer's address: userspace is asked where it comes from.
+        let mut o = opened(1, Role::Server);
+        o.remote = None;
+        t.open(o, &mut out);
+        assert!(matches!(out[..], [ConnEvent::Resolve { conn_id: 1, .. }]));
+        out.clear();
+        t.data(&data(1, true, 0, b"GET /a HTTP/1.1\r\n\r\n"), &mut out);
+        t.data(&data(1, false, 0, OK), &mut out);
+        assert!(exchanges(&out).is_empty());
+        let peer: SocketAddr = "203.0.113.7:50000".parse().expect("addr");
+        t.resolved(1, Some(peer), &mut out);
+        assert_eq!(remotes(&out), vec![Some(peer)]);
+        // Once known, calls go straight on.
+        out.clear();
+        t.data(&data(1, true, 19, b"GET /b HTTP/1.1\r\n\r\n"), &mut out);
+        t.data(&data(1, false, 38, OK), &mut out);
+        assert_eq!(remotes(&out), vec![Some(peer)]);
+        // Closed before the answer: its calls go on without a peer.
+        out.clear();
+        let mut o = opened_on(2, 6);
+        (o.remote, o.role) = (None, Role::Server);
+        t.open(o, &mut out);
+        t.data(
+            &data_on(2, 6, true, 0, b"GET /c HTTP/1.1\r\n\r\n"),
+            &mut out,
+        );
+        t.data(&data_on(2, 6, false, 0, OK), &mut out);
+        t.close(2, None, &mut out);
+        assert_eq!(remotes(&out), vec![None]);
+        // Not TCP after all: its calls are counted, not reported.
+        out.clear();
+        let mut o = opened_on(3, 7);
+        o.verified = false;
+        t.open(o, &mut out);
+        t.data(
+            &data_on(3, 7, false, 0, b"GET /d HTTP/1.1\r\n\r\n"),
+            &mut out,
+        );
+        t.data(&data_on(3, 7, true, 0, OK), &mut out);
+        out.clear();
+        t.resolved(3, None, &mut out);
+        assert!(
+            matches!(out[..], [ConnEvent::Dropped { calls: 1 }]),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -41,9 +41,10 @@ const SSL_RETURN: &[&str] = &["SSL_read", "SSL_read_ex"];
 /// runtime tests use); "Attaching N probes..." comes before the attaching, so it is not enough.
 const ATTACHED_ENV: &str = "__BPFTRACE_NOTIFY_PROBES_ATTACHED";
 
-/// The bpftrace program: every hook counts its hits in one map and does nothing else.
-pub(crate) fn script(libssl: &Path) -> String {
-    let lib = libssl.display();
+/// The bpftrace program: every hook counts its hits in one map and does nothing else. With
+/// `libssl`, OpenSSL's functions in it too; without, the tracepoints alone (what apimon hooks
+/// for a server it does not probe: the inbound scenario).
+pub(crate) fn script(libssl: Option<&Path>) -> String {
     let mut probes: Vec<String> = Vec::new();
     for s in SYSCALLS_ENTER_EXIT {
         probes.push(format!("tracepoint:syscalls:sys_enter_{s}"));
@@ -54,18 +55,25 @@ pub(crate) fn script(libssl: &Path) -> String {
     }
     probes.push("tracepoint:sched:sched_process_exec".to_owned());
     probes.push("tracepoint:sched:sched_process_exit".to_owned());
-    for f in SSL_ENTRY {
-        probes.push(format!("uprobe:{lib}:{f}"));
-    }
-    for f in SSL_RETURN {
-        probes.push(format!("uretprobe:{lib}:{f}"));
+    if let Some(lib) = libssl.map(Path::display) {
+        for f in SSL_ENTRY {
+            probes.push(format!("uprobe:{lib}:{f}"));
+        }
+        for f in SSL_RETURN {
+            probes.push(format!("uretprobe:{lib}:{f}"));
+        }
     }
     format!("{}\n{{ @[probe] = count(); }}\n", probes.join(",\n"))
 }
 
-/// Number of probes [`script`] attaches.
-pub(crate) fn probe_count() -> usize {
-    SYSCALLS_ENTER_EXIT.len() * 2 + SYSCALLS_ENTER.len() + 2 + SSL_ENTRY.len() + SSL_RETURN.len()
+/// Number of probes [`script`] attaches, with OpenSSL's (`uprobes`) or without.
+pub(crate) fn probe_count(uprobes: bool) -> usize {
+    let ssl = if uprobes {
+        SSL_ENTRY.len() + SSL_RETURN.len()
+    } else {
+        0
+    };
+    SYSCALLS_ENTER_EXIT.len() * 2 + SYSCALLS_ENTER.len() + 2 + ssl
 }
 
 /// A line bpftrace printed, and on which stream.
@@ -79,11 +87,14 @@ pub(crate) struct Floor {
     process: Guarded,
     lines: Receiver<Line>,
     log: Vec<String>,
+    /// Probes the script attaches.
+    probes: usize,
 }
 
 impl Floor {
-    /// Starts bpftrace on the script in `dir` and returns once all its probes are attached.
-    pub(crate) fn start(dir: &Path, libssl: &Path) -> Result<Self> {
+    /// Starts bpftrace on the script in `dir` (see [`script`] for `libssl`) and returns once
+    /// all its probes are attached.
+    pub(crate) fn start(dir: &Path, libssl: Option<&Path>) -> Result<Self> {
         let path = dir.join("floor.bt");
         std::fs::write(&path, script(libssl)).with_context(|| format!("writing {path:?}"))?;
         let mut cmd = Command::new("bpftrace");
@@ -104,6 +115,7 @@ impl Floor {
             process,
             lines,
             log: Vec::new(),
+            probes: probe_count(libssl.is_some()),
         };
         floor.wait_attached()?;
         Ok(floor)
@@ -129,10 +141,10 @@ impl Floor {
                         }
                     }
                     // A probe bpftrace could not place would make the floor cheaper than it is.
-                    if attaching != Some(probe_count()) {
+                    if attaching != Some(self.probes) {
                         bail!(
                             "bpftrace attached {attaching:?} probes, expected {}:\n{}",
-                            probe_count(),
+                            self.probes,
                             self.log.join("\n")
                         );
                     }
@@ -208,13 +220,14 @@ mod tests {
 
     #[test]
     fn script_has_every_probe_and_counts_only() {
-        let s = script(Path::new("/usr/lib/libssl.so.3"));
-        assert_eq!(
-            s.matches("tracepoint:").count() + s.matches("probe:").count(),
-            probe_count()
-        );
+        let probes = |s: &str| s.matches("tracepoint:").count() + s.matches("probe:").count();
+        let s = script(Some(Path::new("/usr/lib/libssl.so.3")));
+        assert_eq!(probes(&s), probe_count(true));
         assert!(s.contains("uretprobe:/usr/lib/libssl.so.3:SSL_read_ex"));
         assert!(!s.contains("uretprobe:/usr/lib/libssl.so.3:SSL_write"));
         assert!(s.ends_with("{ @[probe] = count(); }\n"));
+        let tracepoints = script(None);
+        assert_eq!(probes(&tracepoints), probe_count(false));
+        assert!(!tracepoints.contains("probe:/"));
     }
 }
