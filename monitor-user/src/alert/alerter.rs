@@ -38,6 +38,8 @@ pub struct Alerter {
     queue: Sender<Alert>,
     metrics: Arc<Metrics>,
     last_save: Instant,
+    /// Writes known destinations off this thread; `None` if it could not start.
+    writer: Option<crate::durable::Background>,
     /// The data types a call sends, kept between calls for its allocation.
     sent: Vec<DataType>,
 }
@@ -79,6 +81,13 @@ impl Alerter {
             queue,
             metrics,
             last_save: Instant::now(),
+            writer: crate::durable::Background::start()
+                .inspect_err(|e| {
+                    warn!(
+                        "cannot start the state writer ({e}): known destinations are saved inline"
+                    );
+                })
+                .ok(),
             sent: Vec::new(),
         }
     }
@@ -277,7 +286,14 @@ impl Alerter {
             .state_evicted_total(StateKind::KnownDestinations, self.novelty.evicted());
         if now.duration_since(self.last_save) >= SAVE_EVERY {
             self.last_save = now;
-            self.save();
+            match &self.writer {
+                Some(writer) => {
+                    if let Some((path, bytes)) = self.novelty.snapshot() {
+                        writer.replace(path, bytes);
+                    }
+                }
+                None => self.save(),
+            }
         }
         let alerts = self.router.tick(now);
         self.send(&alerts);
@@ -332,6 +348,10 @@ impl Alerter {
     pub fn finish(&mut self) -> Vec<Alert> {
         let alerts = self.router.drain(Instant::now());
         self.send(&alerts);
+        // The writer's last file first, then what changed since, here.
+        if let Some(writer) = &self.writer {
+            writer.flush();
+        }
         self.save();
         alerts
     }

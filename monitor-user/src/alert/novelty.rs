@@ -204,11 +204,18 @@ impl Novelty {
     /// # Errors
     /// The state directory is not writable.
     pub fn save(&mut self) -> std::io::Result<()> {
-        let Some(path) = &self.path else {
+        let Some((path, bytes)) = self.snapshot() else {
             return Ok(());
         };
+        durable::replace(&path, &bytes).inspect_err(|_| self.dirty = true)
+    }
+
+    /// What [`Self::save`] would write, and where, if it changed since the last snapshot:
+    /// for a writer on another thread (`durable::Background`).
+    pub fn snapshot(&mut self) -> Option<(PathBuf, Vec<u8>)> {
+        let path = self.path.as_ref()?;
         if !self.dirty {
-            return Ok(());
+            return None;
         }
         let doc = Document {
             version: 1,
@@ -225,9 +232,11 @@ impl Novelty {
                 })
                 .collect(),
         };
-        durable::replace(path, &serde_json::to_vec_pretty(&doc).unwrap_or_default())?;
         self.dirty = false;
-        Ok(())
+        Some((
+            path.clone(),
+            serde_json::to_vec_pretty(&doc).unwrap_or_default(),
+        ))
     }
 }
 

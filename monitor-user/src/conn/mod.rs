@@ -108,7 +108,10 @@ struct Conn {
     /// Exchanges finished while resolving: handed on once the peer is known, so that they
     /// carry it (a server that accepts without the peer's address has its first calls
     /// parsed before the answer comes).
-    #[expect(clippy::vec_box, reason = "they arrive and leave boxed: no move out and back")]
+    #[expect(
+        clippy::vec_box,
+        reason = "they arrive and leave boxed: no move out and back"
+    )]
     held: Vec<Box<Exchange>>,
 }
 
