@@ -56,6 +56,8 @@ struct Pending {
     /// A write is under way (taken from `files`, not done).
     writing: bool,
     stop: bool,
+    /// Writes that failed (each logged): their content is lost unless handed over again.
+    failures: u64,
 }
 
 impl Background {
@@ -80,6 +82,13 @@ impl Background {
         let mut p = self.shared.lock();
         p.files.insert(path, bytes);
         self.shared.changed.notify_all();
+    }
+
+    /// Writes that failed since the start: whoever handed their content over should do
+    /// so again.
+    #[must_use]
+    pub fn failures(&self) -> u64 {
+        self.shared.lock().failures
     }
 
     /// Waits until every file handed over so far is written.
@@ -109,11 +118,12 @@ impl Shared {
                 let bytes = p.files.remove(&path).unwrap_or_default();
                 p.writing = true;
                 drop(p);
-                if let Err(e) = replace(&path, &bytes) {
-                    tracing::warn!("cannot write {}: {e}", path.display());
-                }
+                let failed = replace(&path, &bytes)
+                    .inspect_err(|e| tracing::warn!("cannot write {}: {e}", path.display()))
+                    .is_err();
                 p = self.lock();
                 p.writing = false;
+                p.failures += u64::from(failed);
                 self.changed.notify_all();
                 continue;
             }
@@ -168,6 +178,10 @@ mod tests {
         writer.flush();
         assert_eq!(fs::read(&path).expect("read"), b"v99");
         writer.replace(path.clone(), b"last".to_vec());
+        // A folder where the file should be: that write fails, and is counted.
+        writer.replace(dir.join("no-such-folder").join("c.json"), b"x".to_vec());
+        writer.flush();
+        assert_eq!(writer.failures(), 1);
         drop(writer);
         assert_eq!(fs::read(&path).expect("read"), b"last");
         fs::remove_dir_all(&dir).expect("clean up");

@@ -404,7 +404,7 @@ impl Pipeline {
                 self.peer(&o);
                 self.table.open(o, &mut out);
             }
-            Notice::Resolved { conn_id, remote } => self.table.resolved(conn_id, remote, &mut out),
+            Notice::Resolved { conn_id, peer } => self.table.resolved(conn_id, peer, &mut out),
             Notice::Ready => {
                 self.metrics.ready.set(1);
                 tracing::info!("ready");

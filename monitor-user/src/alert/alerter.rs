@@ -40,6 +40,8 @@ pub struct Alerter {
     last_save: Instant,
     /// Writes known destinations off this thread; `None` if it could not start.
     writer: Option<crate::durable::Background>,
+    /// Its failed writes already made up for.
+    writer_failures: u64,
     /// The data types a call sends, kept between calls for its allocation.
     sent: Vec<DataType>,
 }
@@ -88,6 +90,7 @@ impl Alerter {
                     );
                 })
                 .ok(),
+            writer_failures: 0,
             sent: Vec::new(),
         }
     }
@@ -286,6 +289,7 @@ impl Alerter {
             .state_evicted_total(StateKind::KnownDestinations, self.novelty.evicted());
         if now.duration_since(self.last_save) >= SAVE_EVERY {
             self.last_save = now;
+            self.retry_failed_writes();
             match &self.writer {
                 Some(writer) => {
                     if let Some((path, bytes)) = self.novelty.snapshot() {
@@ -315,6 +319,17 @@ impl Alerter {
         let evicted = self.volume.evicted();
         m.series_evicted.inc_by(evicted - self.evicted_reported);
         self.evicted_reported = evicted;
+    }
+
+    /// A write the writer failed lost its content: the next one writes everything again.
+    fn retry_failed_writes(&mut self) {
+        if let Some(writer) = &self.writer {
+            let failures = writer.failures();
+            if failures > self.writer_failures {
+                self.writer_failures = failures;
+                self.novelty.unsaved();
+            }
+        }
     }
 
     fn save(&mut self) {
@@ -352,6 +367,7 @@ impl Alerter {
         if let Some(writer) = &self.writer {
             writer.flush();
         }
+        self.retry_failed_writes();
         self.save();
         alerts
     }

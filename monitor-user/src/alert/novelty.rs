@@ -210,6 +210,12 @@ impl Novelty {
         durable::replace(&path, &bytes).inspect_err(|_| self.dirty = true)
     }
 
+    /// Has the next [`Self::snapshot`] or [`Self::save`] write everything again (a
+    /// snapshot's write failed).
+    pub const fn unsaved(&mut self) {
+        self.dirty = true;
+    }
+
     /// What [`Self::save`] would write, and where, if it changed since the last snapshot:
     /// for a writer on another thread (`durable::Background`).
     pub fn snapshot(&mut self) -> Option<(PathBuf, Vec<u8>)> {

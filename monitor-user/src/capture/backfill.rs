@@ -2,14 +2,12 @@
 //! are seen too (from the next message on); and where one connection goes, when the kernel
 //! could not say.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::SocketAddr,
-};
+use std::collections::{HashMap, HashSet};
 
 use common::{ConnState, FdKey, budget, fd_kind};
 
 use super::{
+    peer::Peer,
     procfs::{self, TCP_ESTABLISHED, TCP_LISTEN, TcpSocket},
     records::{Opened, Role},
 };
@@ -92,16 +90,20 @@ pub fn scan(self_pid: u32, next_id: &mut u64) -> Vec<Found> {
     found
 }
 
-/// Where `fd` of `pid` goes, if it is a TCP socket: `None` means not TCP (or gone). Asks the
-/// socket itself; where that cannot be done, looks it up in the namespace's TCP table.
+/// Where `fd` of `pid` goes. Asks the socket itself; where that cannot be done, looks it up
+/// in the namespace's TCP table.
 #[must_use]
-pub fn resolve(pid: u32, fd: u32) -> Option<SocketAddr> {
+pub fn resolve(pid: u32, fd: u32) -> Peer {
     match super::peer::ask(pid, fd) {
         Ok(found) => found,
         Err(e) => {
             tracing::debug!("asking fd {fd} of pid {pid} for its peer: {e}; reading /proc");
-            let inode = procfs::socket_inode(pid, fd)?;
-            procfs::tcp_sockets(pid).get(&inode).map(|s| s.remote)
+            let Some(inode) = procfs::socket_inode(pid, fd) else {
+                return Peer::Gone;
+            };
+            procfs::tcp_sockets(pid)
+                .get(&inode)
+                .map_or(Peer::NotTcp, |s| Peer::Tcp(s.remote))
         }
     }
 }
@@ -142,6 +144,6 @@ mod tests {
             .find(|f| f.opened.as_ref().is_some_and(|o| o.remote == Some(local)))
             .map(|f| f.key.fd)
             .expect("server side");
-        assert_eq!(resolve(me, fd), Some(local));
+        assert_eq!(resolve(me, fd), Peer::Tcp(local));
     }
 }

@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -21,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::{
     backfill,
     hold::{HeldOpen, OpenHold},
+    peer::Peer,
     records::Opened,
     tls::TlsAttacher,
 };
@@ -49,11 +49,8 @@ pub enum Request {
 pub enum Notice {
     /// A connection found open at start.
     Opened(Opened),
-    /// Where an unverified connection goes (`None`: not a TCP connection, forget it).
-    Resolved {
-        conn_id: u64,
-        remote: Option<SocketAddr>,
-    },
+    /// Where a connection the kernel could not place goes, as far as userspace can tell.
+    Resolved { conn_id: u64, peer: Peer },
     /// Start-up work is done: TLS libraries inspected, processes probed where due, open
     /// connections found.
     Ready,
@@ -283,11 +280,24 @@ impl Control {
                 entry.1 = entry.1.max(if exec { 2 } else { 1 });
             }
             Request::Resolve { pid, fd, conn_id } => {
-                let remote = backfill::resolve(pid, fd);
-                if remote.is_none() {
+                // The fd is looked at now, perhaps long after the kernel saw the connection:
+                // closed and reused meanwhile, it is another connection, whose peer would be
+                // given to this one's calls. The kernel's table says which connection it is.
+                // Checked again once asked: the fd may have been reused while we asked.
+                let peer = if self.tracks(pid, fd, conn_id) {
+                    backfill::resolve(pid, fd)
+                } else {
+                    Peer::Gone
+                };
+                let peer = if self.tracks(pid, fd, conn_id) {
+                    peer
+                } else {
+                    Peer::Gone
+                };
+                if peer == Peer::NotTcp {
                     self.forget(pid, fd, conn_id);
                 }
-                let _ = notices.send(Notice::Resolved { conn_id, remote });
+                let _ = notices.send(Notice::Resolved { conn_id, peer });
             }
             Request::Mute { pid, fd, conn_id } => {
                 let key = FdKey { tgid: pid, fd };
@@ -446,10 +456,16 @@ impl Control {
         done
     }
 
+    /// Whether the kernel still follows connection `conn_id` on `fd` of `pid`.
+    fn tracks(&self, pid: u32, fd: u32, conn_id: u64) -> bool {
+        self.fds
+            .get(&FdKey { tgid: pid, fd }, 0)
+            .is_ok_and(|st| st.conn_id == conn_id)
+    }
+
     fn forget(&mut self, pid: u32, fd: u32, conn_id: u64) {
-        let key = FdKey { tgid: pid, fd };
-        if self.fds.get(&key, 0).is_ok_and(|st| st.conn_id == conn_id) {
-            let _ = self.fds.remove(&key);
+        if self.tracks(pid, fd, conn_id) {
+            let _ = self.fds.remove(&FdKey { tgid: pid, fd });
         }
     }
 

@@ -19,14 +19,26 @@ use super::records::unmapped;
 /// then costs no failing syscalls, nor a security module's denial in the log, per lookup.
 static REFUSED: AtomicBool = AtomicBool::new(false);
 
-/// Where `fd` of `pid` goes. `Ok(None)`: not a TCP socket, or gone. `Err`: cannot tell this
-/// way (not connected yet, older kernel, not allowed, or copying would change the socket).
-pub fn ask(pid: u32, fd: u32) -> io::Result<Option<SocketAddr>> {
+/// Where a process's fd goes, as far as userspace can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP connection to this address.
+    Tcp(SocketAddr),
+    /// A socket, but not TCP (a unix socket, UDP...).
+    NotTcp,
+    /// The fd is closed, or no longer a socket, or its process is gone: too late to tell.
+    Gone,
+}
+
+/// Where `fd` of `pid` goes. `Err`: cannot tell this way (not connected yet, older kernel,
+/// not allowed, or copying would change the socket).
+pub fn ask(pid: u32, fd: u32) -> io::Result<Peer> {
     if REFUSED.load(Ordering::Relaxed) || !copying_leaves_sockets_alone() {
         return Err(io::Error::from_raw_os_error(libc::EPERM));
     }
     let gone = |e: io::Error| match e.raw_os_error() {
-        Some(libc::ESRCH | libc::EBADF | libc::ENOTSOCK) => Ok(None),
+        // The connection asked about was a socket: an fd that is not one now was reused.
+        Some(libc::ESRCH | libc::EBADF | libc::ENOTSOCK) => Ok(Peer::Gone),
         Some(libc::ENOSYS | libc::EPERM | libc::EACCES) => {
             if !REFUSED.swap(true, Ordering::Relaxed) {
                 tracing::info!(
@@ -55,10 +67,10 @@ pub fn ask(pid: u32, fd: u32) -> io::Result<Option<SocketAddr>> {
         };
     match sock_int(&copy, libc::SO_PROTOCOL) {
         Ok(p) if p == libc::IPPROTO_TCP => {}
-        Ok(_) => return Ok(None),
+        Ok(_) => return Ok(Peer::NotTcp),
         Err(e) => return gone(e),
     }
-    peer_name(&copy).map(Some)
+    peer_name(&copy).map(Peer::Tcp)
 }
 
 /// Whether receiving a copy of a socket's fd leaves the socket as it was. It does not where
@@ -171,16 +183,17 @@ mod tests {
             let listener = std::net::TcpListener::bind((ip, 0)).expect("bind");
             let addr = listener.local_addr().expect("addr");
             let client = std::net::TcpStream::connect(addr).expect("connect");
-            assert_eq!(ask(me, fd(&client)).expect("asked"), Some(addr));
+            assert_eq!(ask(me, fd(&client)).expect("asked"), Peer::Tcp(addr));
             // Listening, not connected: this way cannot tell.
             assert!(ask(me, fd(&listener)).is_err());
         }
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-        assert_eq!(ask(me, fd(&udp)).expect("asked"), None);
+        assert_eq!(ask(me, fd(&udp)).expect("asked"), Peer::NotTcp);
+        // Not a socket (any more): the socket asked about is gone.
         let file = std::fs::File::open("/proc/self/stat").expect("file");
-        assert_eq!(ask(me, fd(&file)).expect("asked"), None);
+        assert_eq!(ask(me, fd(&file)).expect("asked"), Peer::Gone);
         // Far above any fd a test process has open (others run in parallel and reuse fds).
-        assert_eq!(ask(me, 1_000_000).expect("asked"), None);
+        assert_eq!(ask(me, 1_000_000).expect("asked"), Peer::Gone);
     }
 
     #[test]
@@ -195,7 +208,7 @@ mod tests {
         assert!(want.is_ipv4());
         assert_eq!(
             ask(std::process::id(), fd(&server)).expect("asked"),
-            Some(want)
+            Peer::Tcp(want)
         );
     }
 

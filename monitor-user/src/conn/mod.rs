@@ -15,7 +15,10 @@ use common::stream_index;
 
 use self::sample::Sampler;
 use crate::{
-    capture::records::{Data, Opened, Role},
+    capture::{
+        peer::Peer,
+        records::{Data, Opened, Role},
+    },
     http::{Direction, Exchange, Limits, ParseError, Session, SessionEvent},
 };
 
@@ -103,8 +106,9 @@ struct Conn {
     tls: Option<bool>,
     last_ts: u64,
     muted: bool,
-    /// Userspace is finding out where it goes (see [`ConnEvent::Resolve`]).
-    resolving: bool,
+    /// Since when (capture time, ns) userspace is finding out where it goes (see
+    /// [`ConnEvent::Resolve`]), if it is.
+    resolving: Option<u64>,
     /// Exchanges finished while resolving: handed on once the peer is known, so that they
     /// carry it (a server that accepts without the peer's address has its first calls
     /// parsed before the answer comes).
@@ -117,6 +121,9 @@ struct Conn {
 
 /// Exchanges a connection holds while it is resolved; beyond, they go on without a peer.
 const MAX_HELD: usize = 64;
+/// Longest a connection holds its exchanges for an answer (ns of capture time): the answer
+/// takes a few syscalls, unless the control thread is stuck or gone.
+const MAX_HOLD_NS: u64 = 2_000_000_000;
 
 impl Conn {
     /// Approximate bytes this connection holds: its entry, its session's buffers and the
@@ -135,7 +142,7 @@ impl Conn {
 
     /// Hands on the exchanges held while resolving, with what is known now.
     fn release(&mut self, out: &mut Vec<ConnEvent>) {
-        self.resolving = false;
+        self.resolving = None;
         for x in self.held.drain(..) {
             out.push(ConnEvent::Exchange(Arc::clone(&self.info), x));
         }
@@ -234,8 +241,8 @@ impl ConnTable {
         if self.conns.len() >= self.config.max_connections {
             self.evict_oldest(out);
         }
-        let resolving = !o.verified || o.remote.is_none();
-        if resolving {
+        let resolving = (!o.verified || o.remote.is_none()).then_some(o.ts);
+        if resolving.is_some() {
             out.push(ConnEvent::Resolve {
                 pid: o.pid,
                 fd: o.fd,
@@ -269,16 +276,23 @@ impl ConnTable {
         );
     }
 
-    /// Userspace found where an unverified connection goes (or that it is not TCP: `None`).
-    pub fn resolved(&mut self, conn_id: u64, remote: Option<SocketAddr>, out: &mut Vec<ConnEvent>) {
-        match remote {
-            Some(addr) => {
+    /// What userspace found of a connection the kernel could not place.
+    pub fn resolved(&mut self, conn_id: u64, peer: Peer, out: &mut Vec<ConnEvent>) {
+        match peer {
+            Peer::Tcp(addr) => {
                 if let Some(c) = self.conns.get_mut(&conn_id) {
                     Arc::make_mut(&mut c.info).remote = Some(addr);
                     c.release(out);
                 }
             }
-            None => {
+            // Too late to tell: what it holds goes on without a peer, and it is still
+            // followed (its close may not have been read yet).
+            Peer::Gone => {
+                if let Some(c) = self.conns.get_mut(&conn_id) {
+                    c.release(out);
+                }
+            }
+            Peer::NotTcp => {
                 let Some(c) = self.conns.remove(&conn_id) else {
                     return;
                 };
@@ -439,6 +453,12 @@ impl ConnTable {
                 session.expire(deadline);
                 Self::drain(conn, out);
             }
+            if conn
+                .resolving
+                .is_some_and(|since| now.saturating_sub(since) > MAX_HOLD_NS)
+            {
+                conn.release(out);
+            }
         }
         self.buffered = self.enforce_budget(out);
     }
@@ -482,11 +502,20 @@ impl ConnTable {
         };
         for event in session.drain() {
             match event {
-                SessionEvent::Exchange(x) if conn.resolving && conn.held.len() < MAX_HELD => {
-                    conn.held.push(x);
-                }
                 SessionEvent::Exchange(x) => {
-                    out.push(ConnEvent::Exchange(Arc::clone(&conn.info), x))
+                    if conn.resolving.is_some() {
+                        if conn.held.len() < MAX_HELD {
+                            conn.held.push(x);
+                            continue;
+                        }
+                        // Waited long enough: on without a peer, in order. (`release`,
+                        // field by field: the session is borrowed.)
+                        conn.resolving = None;
+                        for held in conn.held.drain(..) {
+                            out.push(ConnEvent::Exchange(Arc::clone(&conn.info), held));
+                        }
+                    }
+                    out.push(ConnEvent::Exchange(Arc::clone(&conn.info), x));
                 }
                 SessionEvent::Error(_, e) => out.push(ConnEvent::ParseError(e)),
                 SessionEvent::UnmatchedResponse => out.push(ConnEvent::UnmatchedResponse),
@@ -743,7 +772,7 @@ mod tests {
         t.data(&data(1, false, 0, OK), &mut out);
         assert!(exchanges(&out).is_empty());
         let peer: SocketAddr = "203.0.113.7:50000".parse().expect("addr");
-        t.resolved(1, Some(peer), &mut out);
+        t.resolved(1, Peer::Tcp(peer), &mut out);
         assert_eq!(remotes(&out), vec![Some(peer)]);
         // Once known, calls go straight on.
         out.clear();
@@ -762,6 +791,20 @@ mod tests {
         t.data(&data_on(2, 6, false, 0, OK), &mut out);
         t.close(2, None, &mut out);
         assert_eq!(remotes(&out), vec![None]);
+        // Too late to tell (closed and its fd reused, say): on without a peer, still followed.
+        out.clear();
+        let mut o = opened_on(4, 8);
+        (o.remote, o.role) = (None, Role::Server);
+        t.open(o, &mut out);
+        t.data(
+            &data_on(4, 8, true, 0, b"GET /g HTTP/1.1\r\n\r\n"),
+            &mut out,
+        );
+        t.data(&data_on(4, 8, false, 0, OK), &mut out);
+        out.clear();
+        t.resolved(4, Peer::Gone, &mut out);
+        assert_eq!(remotes(&out), vec![None]);
+        assert!(t.conns.contains_key(&4));
         // Not TCP after all: its calls are counted, not reported.
         out.clear();
         let mut o = opened_on(3, 7);
@@ -773,11 +816,48 @@ mod tests {
         );
         t.data(&data_on(3, 7, true, 0, OK), &mut out);
         out.clear();
-        t.resolved(3, None, &mut out);
+        t.resolved(3, Peer::NotTcp, &mut out);
         assert!(
             matches!(out[..], [ConnEvent::Dropped { calls: 1 }]),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn held_calls_go_on_in_order_at_the_cap_or_after_a_while() {
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        const GET: &[u8] = b"GET /n HTTP/1.1\r\n\r\n";
+        let mut t = ConnTable::new(TableConfig::default());
+        let mut out = Vec::new();
+        let mut o = opened(1, Role::Server);
+        o.remote = None;
+        t.open(o, &mut out);
+        out.clear();
+        let call = |t: &mut ConnTable, n: u64, out: &mut Vec<ConnEvent>| {
+            let (rq, rs) = (GET.len() as u64, OK.len() as u64);
+            t.data(&data(1, true, n * rq, GET), out);
+            t.data(&data(1, false, n * rs, OK), out);
+        };
+        for n in 0..MAX_HELD as u64 {
+            call(&mut t, n, &mut out);
+        }
+        assert!(exchanges(&out).is_empty());
+        // One more: all of them go on, the held ones first (they are in `out` in order).
+        call(&mut t, MAX_HELD as u64, &mut out);
+        assert_eq!(exchanges(&out).len(), MAX_HELD + 1);
+        // Another connection waiting for an answer that never comes lets its calls go after
+        // a while.
+        out.clear();
+        let mut o = opened_on(2, 6);
+        (o.remote, o.role, o.ts) = (None, Role::Server, 1_000);
+        t.open(o, &mut out);
+        t.data(&data_on(2, 6, true, 0, GET), &mut out);
+        t.data(&data_on(2, 6, false, 0, OK), &mut out);
+        out.clear();
+        t.tick(1_000 + MAX_HOLD_NS, &mut out);
+        assert!(exchanges(&out).is_empty());
+        t.tick(1_001 + MAX_HOLD_NS, &mut out);
+        assert_eq!(exchanges(&out).len(), 1);
     }
 
     #[test]
@@ -935,7 +1015,7 @@ mod tests {
         t.data(&data(1, false, 0, b"GET /a HTTP/1.1\r\n\r\n"), &mut out);
         t.data(&data(1, false, 19, b"GET /b HTTP/1.1\r\n\r\n"), &mut out);
         out.clear();
-        t.resolved(1, None, &mut out);
+        t.resolved(1, Peer::NotTcp, &mut out);
         assert!(t.is_empty());
         assert!(
             matches!(out[..], [ConnEvent::Dropped { calls: 2 }]),
@@ -944,7 +1024,7 @@ mod tests {
         // Nothing in progress: nothing to count.
         t.open(opened(2, Role::Client), &mut out);
         out.clear();
-        t.resolved(2, None, &mut out);
+        t.resolved(2, Peer::NotTcp, &mut out);
         assert!(out.is_empty());
     }
 
