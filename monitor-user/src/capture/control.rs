@@ -339,7 +339,8 @@ impl Control {
         }
         let (pid, file) = (held.pid, held.file);
         self.interest.entry(pid).or_insert(Interest::Provisional);
-        let probed = self.wants_probes(pid)
+        let wanted = self.wants_probes(pid);
+        let probed = wanted
             && self.probe_with(pid, |tls, ebpf| {
                 usize::from(tls.probe_file(ebpf, pid, file))
             }) > 0;
@@ -350,6 +351,8 @@ impl Control {
         if probed {
             outcomes.probed.inc();
             self.publish_tls();
+        } else if wanted {
+            outcomes.failed.inc();
         } else {
             outcomes.skipped.inc();
         }
@@ -365,8 +368,12 @@ impl Control {
             return;
         };
         for path in found {
+            // Once per file found: a process that starts using it may miss its first calls.
             if let Err(e) = hold.watch(&path) {
-                debug!("cannot hold opens of {}: {e}", path.display());
+                warn!(
+                    "cannot hold opens of {} (its first users' first calls may be missed): {e}",
+                    path.display()
+                );
             }
         }
     }

@@ -320,25 +320,28 @@ pub(crate) fn counter_series<const N: usize>(
 pub struct HoldOutcomes {
     /// The process had its probes in that file when its open went on.
     pub probed: IntCounter,
-    /// Let go unprobed: not wanted (its first peer was internal), or the file is not reachable
-    /// at the path it was seen at.
+    /// Let go unprobed, as wanted: its first peer was internal (or it serves only).
     pub skipped: IntCounter,
+    /// Let go unprobed though wanted: the probes could not be attached, or the file is not
+    /// reachable at the path it was seen at (see `apimon_tls_attach_failures_total`).
+    pub failed: IntCounter,
     /// Answered unprobed: it had waited `HOLD_LIMIT` already.
     pub expired: IntCounter,
 }
 
 impl HoldOutcomes {
     fn new(registry: &Registry) -> Self {
-        let [probed, skipped, expired] = counter_series(
+        let [probed, skipped, failed, expired] = counter_series(
             registry,
             "apimon_tls_held_opens_total",
-            "Opens of files carrying OpenSSL held until the opening process was probed, by outcome: probed, skipped (not wanted), expired (let go unprobed after the hold limit).",
+            "Opens of files carrying OpenSSL held until the opening process was probed, by outcome: probed, skipped (not wanted), failed (wanted, but its probes could not be attached), expired (let go unprobed after the hold limit).",
             "outcome",
-            ["probed", "skipped", "expired"],
+            ["probed", "skipped", "failed", "expired"],
         );
         Self {
             probed,
             skipped,
+            failed,
             expired,
         }
     }
