@@ -210,10 +210,6 @@ impl Control {
             self.publish_tls();
         }
         info!("found {conns} TCP connections open before start");
-        // Opens are held only from here on, where this thread answers them at once: marked
-        // before the scan above (hundreds of milliseconds on a busy host), an open would wait
-        // out its whole hold and go on unprobed all the same.
-        self.hold_found();
         let _ = notices.send(Notice::Ready);
     }
 
@@ -248,6 +244,7 @@ impl Control {
             }
         }
         self.publish_tls();
+        self.hold_found();
     }
 
     fn handle(&mut self, request: Request, notices: &Sender<Notice>) {
