@@ -322,8 +322,9 @@ pub struct HoldOutcomes {
     pub probed: IntCounter,
     /// Let go unprobed, as wanted: its first peer was internal (or it serves only).
     pub skipped: IntCounter,
-    /// Let go unprobed though wanted: the probes could not be attached, or the file is not
-    /// reachable at the path it was seen at (see `apimon_tls_attach_failures_total`).
+    /// Let go unprobed though wanted: the probes could not be attached (counted in
+    /// `apimon_tls_attach_failures_total` too), or the file is not reachable at the path it
+    /// was seen at.
     pub failed: IntCounter,
     /// Answered unprobed: it had waited `HOLD_LIMIT` already.
     pub expired: IntCounter,
