@@ -210,6 +210,11 @@ impl Control {
             self.publish_tls();
         }
         info!("found {conns} TCP connections open before start");
+        // Opens are held only from here on, where this thread answers them at once: marked
+        // before the scan above (hundreds of milliseconds on a busy host), an open would wait
+        // out its whole hold and go on unprobed all the same. The files were opened when
+        // found, so a process that exited meanwhile takes no path with it.
+        self.hold_found();
         let _ = notices.send(Notice::Ready);
     }
 
@@ -244,7 +249,6 @@ impl Control {
             }
         }
         self.publish_tls();
-        self.hold_found();
     }
 
     fn handle(&mut self, request: Request, notices: &Sender<Notice>) {
@@ -364,9 +368,10 @@ impl Control {
         let Some(hold) = &self.policy.hold else {
             return;
         };
-        for path in found {
+        for (path, file) in found {
             // Once per file found: a process that starts using it may miss its first calls.
-            if let Err(e) = hold.watch(&path) {
+            let marked = file.map_or_else(|| hold.watch(&path), |f| hold.watch_file(&f));
+            if let Err(e) = marked {
                 warn!(
                     "cannot hold opens of {} (its first users' first calls may be missed): {e}",
                     path.display()

@@ -87,14 +87,25 @@ impl OpenHold {
     pub fn watch(&self, path: &Path) -> io::Result<()> {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: valid descriptor and NUL-terminated path that outlives the call.
+        self.mark(libc::AT_FDCWD, c.as_ptr())
+    }
+
+    /// Holds every later open (and exec) of `file` until answered: the file opened while a
+    /// path reached it (one through a process's root is gone with the process).
+    pub fn watch_file(&self, file: &File) -> io::Result<()> {
+        self.mark(file.as_raw_fd(), std::ptr::null())
+    }
+
+    /// `fanotify_mark` of the file `path` names from `dirfd` (the file `dirfd` is, if null).
+    fn mark(&self, dirfd: libc::c_int, path: *const libc::c_char) -> io::Result<()> {
+        // SAFETY: valid descriptors; `path` is null or NUL-terminated and outlives the call.
         let r = unsafe {
             libc::fanotify_mark(
                 self.group.as_raw_fd(),
                 libc::FAN_MARK_ADD,
                 libc::FAN_OPEN_PERM,
-                libc::AT_FDCWD,
-                c.as_ptr(),
+                dirfd,
+                path,
             )
         };
         if r < 0 {
@@ -362,5 +373,20 @@ mod tests {
         bad[4] = 99;
         assert!(events(&bad).is_empty());
         assert!(events(&event(10, 5, 3)).is_empty());
+    }
+
+    #[test]
+    fn a_file_is_marked_through_its_descriptor_once_its_path_is_gone() {
+        let Ok(hold) = OpenHold::new() else {
+            println!("skipped: fanotify permission events need CAP_SYS_ADMIN");
+            return;
+        };
+        let path = std::env::temp_dir().join(format!("apimon-hold-{}", std::process::id()));
+        std::fs::write(&path, b"x").expect("write");
+        let file = File::open(&path).expect("open");
+        std::fs::remove_file(&path).expect("remove");
+        assert!(hold.watch(&path).is_err());
+        hold.watch_file(&file)
+            .expect("marked through the descriptor");
     }
 }

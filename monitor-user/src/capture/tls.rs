@@ -145,7 +145,7 @@ pub struct TlsAttacher {
     /// like curl has already sent its request.
     programs: HashMap<FileId, Vec<FileId>>,
     /// Files found carrying OpenSSL, not yet taken by `take_found`.
-    found: Vec<PathBuf>,
+    found: Vec<(PathBuf, Option<fs::File>)>,
     failures: u64,
     reaper: Reaper,
 }
@@ -297,8 +297,10 @@ impl TlsAttacher {
         self.attach(ebpf, target, id, &symbols, &path, &shown)
     }
 
-    /// Files found carrying OpenSSL since the last call, by a path that reaches them now.
-    pub fn take_found(&mut self) -> Vec<PathBuf> {
+    /// Files found carrying OpenSSL since the last call: the path they were found at, and
+    /// the file opened then (`None` if it could not be), which still reaches it once that
+    /// path is gone (a process's root, with the process).
+    pub fn take_found(&mut self) -> Vec<(PathBuf, Option<fs::File>)> {
         std::mem::take(&mut self.found)
     }
 
@@ -534,7 +536,8 @@ impl TlsAttacher {
             None => {
                 let state = match elf::openssl_symbols(path) {
                     Ok(s) if s.usable() => {
-                        self.found.push(path.to_owned());
+                        self.found
+                            .push((path.to_owned(), fs::File::open(path).ok()));
                         FileState::Openssl(s)
                     }
                     Ok(_) => FileState::NoOpenssl,
