@@ -3,6 +3,7 @@
 //! identity (process, peer, direction). Memory is bounded: connections in number, and the
 //! bytes all of them buffer together; what goes to stay within is counted.
 
+mod held;
 mod sample;
 
 use std::{
@@ -13,7 +14,7 @@ use std::{
 
 use common::stream_index;
 
-use self::sample::Sampler;
+use self::{held::Held, sample::Sampler};
 use crate::{
     capture::{
         peer::Peer,
@@ -106,46 +107,20 @@ struct Conn {
     tls: Option<bool>,
     last_ts: u64,
     muted: bool,
-    /// Since when (capture time, ns) userspace is finding out where it goes (see
-    /// [`ConnEvent::Resolve`]), if it is.
-    resolving: Option<u64>,
-    /// Exchanges finished while resolving: handed on once the peer is known, so that they
-    /// carry it (a server that accepts without the peer's address has its first calls
-    /// parsed before the answer comes).
-    #[expect(
-        clippy::vec_box,
-        reason = "they arrive and leave boxed: no move out and back"
-    )]
-    held: Vec<Box<Exchange>>,
+    /// Its calls, while userspace finds out where it goes.
+    held: Held,
 }
-
-/// Exchanges a connection holds while it is resolved; beyond, they go on without a peer.
-const MAX_HELD: usize = 64;
-/// Longest a connection holds its exchanges for an answer (ns of capture time): the answer
-/// takes a few syscalls, unless the control thread is stuck or gone.
-const MAX_HOLD_NS: u64 = 2_000_000_000;
 
 impl Conn {
     /// Approximate bytes this connection holds: its entry, its session's buffers and the
-    /// exchanges it holds.
+    /// calls it holds.
     fn memory(&self) -> usize {
-        let held: usize = self
-            .held
-            .iter()
-            .map(|x| {
-                let response = x.response.as_ref().map_or(0, |r| r.body.data.capacity());
-                512 + x.request.body.data.capacity() + response
-            })
-            .sum();
-        256 + self.session.as_ref().map_or(0, Session::memory) + held
+        256 + self.session.as_ref().map_or(0, Session::memory) + self.held.memory()
     }
 
-    /// Hands on the exchanges held while resolving, with what is known now.
+    /// Hands on the calls held while resolving, with what is known now.
     fn release(&mut self, out: &mut Vec<ConnEvent>) {
-        self.resolving = None;
-        for x in self.held.drain(..) {
-            out.push(ConnEvent::Exchange(Arc::clone(&self.info), x));
-        }
+        self.held.release(&self.info, out);
     }
 }
 
@@ -270,8 +245,7 @@ impl ConnTable {
                 tls: None,
                 last_ts: o.ts,
                 muted: false,
-                resolving,
-                held: Vec::new(),
+                held: Held::new(resolving),
             },
         );
     }
@@ -279,16 +253,13 @@ impl ConnTable {
     /// What userspace found of a connection the kernel could not place.
     pub fn resolved(&mut self, conn_id: u64, peer: Peer, out: &mut Vec<ConnEvent>) {
         match peer {
-            Peer::Tcp(addr) => {
-                if let Some(c) = self.conns.get_mut(&conn_id) {
-                    Arc::make_mut(&mut c.info).remote = Some(addr);
-                    c.release(out);
-                }
-            }
-            // Too late to tell: what it holds goes on without a peer, and it is still
+            // Too late to tell (gone): what it holds goes on without a peer, and it is still
             // followed (its close may not have been read yet).
-            Peer::Gone => {
+            Peer::Tcp(_) | Peer::Gone => {
                 if let Some(c) = self.conns.get_mut(&conn_id) {
+                    if let Peer::Tcp(addr) = peer {
+                        Arc::make_mut(&mut c.info).remote = Some(addr);
+                    }
                     c.release(out);
                 }
             }
@@ -453,10 +424,7 @@ impl ConnTable {
                 session.expire(deadline);
                 Self::drain(conn, out);
             }
-            if conn
-                .resolving
-                .is_some_and(|since| now.saturating_sub(since) > MAX_HOLD_NS)
-            {
+            if conn.held.overdue(now) {
                 conn.release(out);
             }
         }
@@ -502,21 +470,7 @@ impl ConnTable {
         };
         for event in session.drain() {
             match event {
-                SessionEvent::Exchange(x) => {
-                    if conn.resolving.is_some() {
-                        if conn.held.len() < MAX_HELD {
-                            conn.held.push(x);
-                            continue;
-                        }
-                        // Waited long enough: on without a peer, in order. (`release`,
-                        // field by field: the session is borrowed.)
-                        conn.resolving = None;
-                        for held in conn.held.drain(..) {
-                            out.push(ConnEvent::Exchange(Arc::clone(&conn.info), held));
-                        }
-                    }
-                    out.push(ConnEvent::Exchange(Arc::clone(&conn.info), x));
-                }
+                SessionEvent::Exchange(x) => conn.held.pass(&conn.info, x, out),
                 SessionEvent::Error(_, e) => out.push(ConnEvent::ParseError(e)),
                 SessionEvent::UnmatchedResponse => out.push(ConnEvent::UnmatchedResponse),
                 SessionEvent::Upgraded => {
@@ -579,7 +533,11 @@ fn guess_role(d: &Data<'_>) -> Option<Role> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        held::{MAX_HELD, MAX_HOLD_NS},
+        *,
+    };
+    use crate::http::StartLine;
 
     fn opened(conn_id: u64, role: Role) -> Opened {
         Opened {
@@ -756,51 +714,64 @@ mod tests {
         assert!(t.fds_of(10).is_empty());
     }
 
+    /// An empty 200 response.
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    /// A server connection on `fd`, accepted at `ts` without the peer's address.
+    fn unplaced_server(conn_id: u64, fd: u32, ts: u64) -> Opened {
+        Opened {
+            remote: None,
+            role: Role::Server,
+            ts,
+            ..opened_on(conn_id, fd)
+        }
+    }
+
+    /// Server connection `conn_id` on `fd` reads `request` and answers [`OK`], its `n`th call
+    /// of requests as long as this one.
+    fn serve(
+        t: &mut ConnTable,
+        conn_id: u64,
+        fd: u32,
+        n: u64,
+        request: &[u8],
+        out: &mut Vec<ConnEvent>,
+    ) {
+        t.data(
+            &data_on(conn_id, fd, true, n * request.len() as u64, request),
+            out,
+        );
+        t.data(&data_on(conn_id, fd, false, n * OK.len() as u64, OK), out);
+    }
+
     #[test]
     fn calls_wait_for_the_peer_of_a_connection_being_resolved() {
-        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         let mut t = ConnTable::new(TableConfig::default());
         let mut out = Vec::new();
         let remotes = |out: &[ConnEvent]| each_exchange(out, |info, _| info.remote);
         // Accepted without the peer's address: userspace is asked where it comes from.
-        let mut o = opened(1, Role::Server);
-        o.remote = None;
-        t.open(o, &mut out);
+        t.open(unplaced_server(1, 5, 0), &mut out);
         assert!(matches!(out[..], [ConnEvent::Resolve { conn_id: 1, .. }]));
         out.clear();
-        t.data(&data(1, true, 0, b"GET /a HTTP/1.1\r\n\r\n"), &mut out);
-        t.data(&data(1, false, 0, OK), &mut out);
+        serve(&mut t, 1, 5, 0, b"GET /a HTTP/1.1\r\n\r\n", &mut out);
         assert!(exchanges(&out).is_empty());
         let peer: SocketAddr = "203.0.113.7:50000".parse().expect("addr");
         t.resolved(1, Peer::Tcp(peer), &mut out);
         assert_eq!(remotes(&out), vec![Some(peer)]);
         // Once known, calls go straight on.
         out.clear();
-        t.data(&data(1, true, 19, b"GET /b HTTP/1.1\r\n\r\n"), &mut out);
-        t.data(&data(1, false, 38, OK), &mut out);
+        serve(&mut t, 1, 5, 1, b"GET /b HTTP/1.1\r\n\r\n", &mut out);
         assert_eq!(remotes(&out), vec![Some(peer)]);
         // Closed before the answer: its calls go on without a peer.
         out.clear();
-        let mut o = opened_on(2, 6);
-        (o.remote, o.role) = (None, Role::Server);
-        t.open(o, &mut out);
-        t.data(
-            &data_on(2, 6, true, 0, b"GET /c HTTP/1.1\r\n\r\n"),
-            &mut out,
-        );
-        t.data(&data_on(2, 6, false, 0, OK), &mut out);
+        t.open(unplaced_server(2, 6, 0), &mut out);
+        serve(&mut t, 2, 6, 0, b"GET /c HTTP/1.1\r\n\r\n", &mut out);
         t.close(2, None, &mut out);
         assert_eq!(remotes(&out), vec![None]);
         // Too late to tell (closed and its fd reused, say): on without a peer, still followed.
         out.clear();
-        let mut o = opened_on(4, 8);
-        (o.remote, o.role) = (None, Role::Server);
-        t.open(o, &mut out);
-        t.data(
-            &data_on(4, 8, true, 0, b"GET /g HTTP/1.1\r\n\r\n"),
-            &mut out,
-        );
-        t.data(&data_on(4, 8, false, 0, OK), &mut out);
+        t.open(unplaced_server(4, 8, 0), &mut out);
+        serve(&mut t, 4, 8, 0, b"GET /g HTTP/1.1\r\n\r\n", &mut out);
         out.clear();
         t.resolved(4, Peer::Gone, &mut out);
         assert_eq!(remotes(&out), vec![None]);
@@ -825,34 +796,33 @@ mod tests {
 
     #[test]
     fn held_calls_go_on_in_order_at_the_cap_or_after_a_while() {
-        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        const GET: &[u8] = b"GET /n HTTP/1.1\r\n\r\n";
         let mut t = ConnTable::new(TableConfig::default());
         let mut out = Vec::new();
-        let mut o = opened(1, Role::Server);
-        o.remote = None;
-        t.open(o, &mut out);
+        t.open(unplaced_server(1, 5, 0), &mut out);
         out.clear();
+        // Requests as long as each other, each naming its place.
         let call = |t: &mut ConnTable, n: u64, out: &mut Vec<ConnEvent>| {
-            let (rq, rs) = (GET.len() as u64, OK.len() as u64);
-            t.data(&data(1, true, n * rq, GET), out);
-            t.data(&data(1, false, n * rs, OK), out);
+            let request = format!("GET /{n:03} HTTP/1.1\r\n\r\n");
+            serve(t, 1, 5, n, request.as_bytes(), out);
         };
         for n in 0..MAX_HELD as u64 {
             call(&mut t, n, &mut out);
         }
         assert!(exchanges(&out).is_empty());
-        // One more: all of them go on, the held ones first (they are in `out` in order).
+        // One more: all of them go on, the held ones first.
         call(&mut t, MAX_HELD as u64, &mut out);
         assert_eq!(exchanges(&out).len(), MAX_HELD + 1);
+        let targets = each_exchange(&out, |_, x| match &x.request.head.start {
+            StartLine::Request { target, .. } => target.clone(),
+            StartLine::Response { .. } => String::new(),
+        });
+        let in_order: Vec<String> = (0..=MAX_HELD).map(|n| format!("/{n:03}")).collect();
+        assert_eq!(targets, in_order);
         // Another connection waiting for an answer that never comes lets its calls go after
         // a while.
         out.clear();
-        let mut o = opened_on(2, 6);
-        (o.remote, o.role, o.ts) = (None, Role::Server, 1_000);
-        t.open(o, &mut out);
-        t.data(&data_on(2, 6, true, 0, GET), &mut out);
-        t.data(&data_on(2, 6, false, 0, OK), &mut out);
+        t.open(unplaced_server(2, 6, 1_000), &mut out);
+        serve(&mut t, 2, 6, 0, b"GET /n HTTP/1.1\r\n\r\n", &mut out);
         out.clear();
         t.tick(1_000 + MAX_HOLD_NS, &mut out);
         assert!(exchanges(&out).is_empty());
