@@ -1,13 +1,11 @@
 //! Connections that were open before the agent started, found in /proc, so that their calls
-//! are seen too (from the next message on); and where one connection goes, when the kernel
-//! could not say.
+//! are seen too (from the next message on).
 
 use std::collections::{HashMap, HashSet};
 
 use common::{ConnState, FdKey, budget, fd_kind};
 
 use super::{
-    peer::Peer,
     procfs::{self, TCP_ESTABLISHED, TCP_LISTEN, TcpSocket},
     records::{Opened, Role},
 };
@@ -90,27 +88,9 @@ pub fn scan(self_pid: u32, next_id: &mut u64) -> Vec<Found> {
     found
 }
 
-/// Where `fd` of `pid` goes. Asks the socket itself; where that cannot be done, looks it up
-/// in the namespace's TCP table.
-#[must_use]
-pub fn resolve(pid: u32, fd: u32) -> Peer {
-    match super::peer::ask(pid, fd) {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::debug!("asking fd {fd} of pid {pid} for its peer: {e}; reading /proc");
-            let Some(inode) = procfs::socket_inode(pid, fd) else {
-                return Peer::Gone;
-            };
-            procfs::tcp_sockets(pid)
-                .get(&inode)
-                .map_or(Peer::NotTcp, |s| Peer::Tcp(s.remote))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::peer::Peer, *};
 
     #[test]
     fn finds_a_connection_of_this_test() {
@@ -144,6 +124,6 @@ mod tests {
             .find(|f| f.opened.as_ref().is_some_and(|o| o.remote == Some(local)))
             .map(|f| f.key.fd)
             .expect("server side");
-        assert_eq!(resolve(me, fd), Peer::Tcp(local));
+        assert_eq!(super::super::peer::resolve(me, fd), Peer::Tcp(local));
     }
 }

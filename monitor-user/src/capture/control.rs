@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::{
     backfill,
     hold::{HeldOpen, OpenHold},
-    peer::Peer,
+    peer::{self, Peer},
     records::Opened,
     tls::TlsAttacher,
 };
@@ -288,16 +288,12 @@ impl Control {
                 // closed and reused meanwhile, it is another connection, whose peer would be
                 // given to this one's calls. The kernel's table says which connection it is.
                 // Checked again once asked: the fd may have been reused while we asked.
-                let peer = if self.tracks(pid, fd, conn_id) {
-                    backfill::resolve(pid, fd)
-                } else {
-                    Peer::Gone
-                };
-                let peer = if self.tracks(pid, fd, conn_id) {
-                    peer
-                } else {
-                    Peer::Gone
-                };
+                let asked = self
+                    .tracks(pid, fd, conn_id)
+                    .then(|| peer::resolve(pid, fd));
+                let peer = asked
+                    .filter(|_| self.tracks(pid, fd, conn_id))
+                    .unwrap_or(Peer::Gone);
                 if peer == Peer::NotTcp {
                     self.forget(pid, fd, conn_id);
                 }

@@ -1,11 +1,12 @@
-//! Asking a process's socket where it goes, through a copy of its fd (`pidfd_getfd`, Linux
-//! 5.6): a few syscalls, where the namespace's TCP table in /proc costs a line per socket on
-//! the host, and a burst of connections to resolve (a server accepting without asking for
-//! the peer's address, as libuv does) would read it once per connection.
+//! Where a process's connection goes, when the kernel could not say: asked of the socket
+//! through a copy of its fd (`pidfd_getfd`, Linux 5.6), a few syscalls, where the
+//! namespace's TCP table in /proc, the fallback, costs a line per socket on the host, and a
+//! burst of connections to resolve (a server accepting without asking for the peer's
+//! address, as libuv does) would read it once per connection.
 
 use std::{
     fs, io,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
         OnceLock,
@@ -13,7 +14,7 @@ use std::{
     },
 };
 
-use super::records::unmapped;
+use super::{procfs, records::unmapped};
 
 /// Set once copying fds was refused for good (no such syscall, not allowed): the fallback
 /// then costs no failing syscalls, nor a security module's denial in the log, per lookup.
@@ -30,7 +31,25 @@ pub enum Peer {
     Gone,
 }
 
-/// Where `fd` of `pid` goes. `Err`: cannot tell this way (not connected yet, older kernel,
+/// Where `fd` of `pid` goes. Asks the socket itself; where that cannot be done, looks it up
+/// in the namespace's TCP table.
+#[must_use]
+pub fn resolve(pid: u32, fd: u32) -> Peer {
+    match ask(pid, fd) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!("asking fd {fd} of pid {pid} for its peer: {e}; reading /proc");
+            let Some(inode) = procfs::socket_inode(pid, fd) else {
+                return Peer::Gone;
+            };
+            procfs::tcp_sockets(pid)
+                .get(&inode)
+                .map_or(Peer::NotTcp, |s| Peer::Tcp(s.remote))
+        }
+    }
+}
+
+/// Where `fd` of `pid` goes, asked of the socket. `Err`: cannot tell this way (not connected yet, older kernel,
 /// not allowed, or copying would change the socket).
 pub fn ask(pid: u32, fd: u32) -> io::Result<Peer> {
     if REFUSED.load(Ordering::Relaxed) || !copying_leaves_sockets_alone() {
@@ -70,7 +89,16 @@ pub fn ask(pid: u32, fd: u32) -> io::Result<Peer> {
         Ok(_) => return Ok(Peer::NotTcp),
         Err(e) => return gone(e),
     }
-    peer_name(&copy).map(Peer::Tcp)
+    // A TCP socket, as the kernel just said. An IPv4 peer of a dual-stack socket is named as
+    // the kernel's records and /proc name it: IPv4.
+    let peer = std::net::TcpStream::from(copy).peer_addr()?;
+    Ok(Peer::Tcp(SocketAddr::new(
+        match peer.ip() {
+            IpAddr::V6(v6) => unmapped(v6),
+            v4 => v4,
+        },
+        peer.port(),
+    )))
 }
 
 /// Whether receiving a copy of a socket's fd leaves the socket as it was. It does not where
@@ -137,37 +165,6 @@ fn sock_int(sock: &OwnedFd, opt: libc::c_int) -> io::Result<libc::c_int> {
     Ok(v)
 }
 
-/// The peer of a connected IPv4 or IPv6 socket (an IPv4 peer of a dual-stack socket as IPv4,
-/// as the kernel's records and /proc give it).
-fn peer_name(sock: &OwnedFd) -> io::Result<SocketAddr> {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `ss` and `len` are valid for writes of the sizes given.
-    if unsafe { libc::getpeername(sock.as_raw_fd(), (&raw mut ss).cast(), &raw mut len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    match libc::c_int::from(ss.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let a: libc::sockaddr_in = unsafe { *(&raw const ss).cast() };
-            Ok(SocketAddr::from((
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let a: libc::sockaddr_in6 = unsafe { *(&raw const ss).cast() };
-            Ok(SocketAddr::new(
-                unmapped(Ipv6Addr::from(a.sin6_addr.s6_addr)),
-                u16::from_be(a.sin6_port),
-            ))
-        }
-        f => Err(io::Error::other(format!("address family {f}"))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,7 +196,8 @@ mod tests {
     #[test]
     fn an_ipv4_peer_of_a_dual_stack_socket_is_ipv4() {
         let Ok(listener) = std::net::TcpListener::bind("[::]:0") else {
-            return; // No IPv6 on this host.
+            println!("skipped: no IPv6 on this host");
+            return;
         };
         let port = listener.local_addr().expect("addr").port();
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
