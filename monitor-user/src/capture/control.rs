@@ -366,8 +366,7 @@ impl Control {
         };
         for (path, file) in found {
             // Once per file found: a process that starts using it may miss its first calls.
-            let marked = file.map_or_else(|| hold.watch(&path), |f| hold.watch_file(&f));
-            if let Err(e) = marked {
+            if let Err(e) = hold.watch_file(&file) {
                 warn!(
                     "cannot hold opens of {} (its first users' first calls may be missed): {e}",
                     path.display()

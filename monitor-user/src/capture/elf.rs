@@ -39,7 +39,14 @@ pub enum ElfError {
 /// Looks up OpenSSL's functions in the ELF file at `path`. Only defined symbols count: an
 /// executable that merely imports `SSL_write` from libssl does not carry it.
 pub fn openssl_symbols(path: &Path) -> Result<OpensslSymbols, ElfError> {
-    let map = map(path)?;
+    openssl_file(path).map(|(symbols, _)| symbols)
+}
+
+/// [`openssl_symbols`], and the file opened to read them: it still reaches the file once
+/// `path` no longer does (a path through a process's root goes with the process).
+pub fn openssl_file(path: &Path) -> Result<(OpensslSymbols, File), ElfError> {
+    let file = open(path)?;
+    let map = map(&file, path)?;
     let obj = object::File::parse(&*map).map_err(|source| ElfError::Parse {
         path: path.display().to_string(),
         source,
@@ -74,14 +81,15 @@ pub fn openssl_symbols(path: &Path) -> Result<OpensslSymbols, ElfError> {
             .checked_sub(section.address())
             .and_then(|rel| rel.checked_add(file_offset));
     }
-    Ok(found)
+    drop(map);
+    Ok((found, file))
 }
 
 /// The libraries an ELF file names as needed (`DT_NEEDED`), by soname. Files without a
 /// dynamic section (static executables) need none.
 pub fn needed(path: &Path) -> Result<Vec<String>, ElfError> {
     use object::read::elf::{Dyn as _, ElfFile64};
-    let map = map(path)?;
+    let map = map(&open(path)?, path)?;
     let parse = |source| ElfError::Parse {
         path: path.display().to_string(),
         source,
@@ -101,17 +109,24 @@ pub fn needed(path: &Path) -> Result<Vec<String>, ElfError> {
         .collect())
 }
 
-/// The file at `path`, mapped read-only.
-fn map(path: &Path) -> Result<memmap2::Mmap, ElfError> {
-    let open = |source| ElfError::Open {
+/// The file at `path`, opened to be read.
+fn open(path: &Path) -> Result<File, ElfError> {
+    File::open(path).map_err(|source| open_error(path, source))
+}
+
+fn open_error(path: &Path, source: std::io::Error) -> ElfError {
+    ElfError::Open {
         path: path.display().to_string(),
         source,
-    };
-    let file = File::open(path).map_err(open)?;
+    }
+}
+
+/// `file` (opened from `path`), mapped read-only.
+fn map(file: &File, path: &Path) -> Result<memmap2::Mmap, ElfError> {
     // SAFETY: the mapping is read-only and dropped by the caller before it returns; a file
     // changed underneath could at worst give wrong offsets, which the kernel then rejects or
     // which miss calls.
-    unsafe { memmap2::Mmap::map(&file) }.map_err(open)
+    unsafe { memmap2::Mmap::map(file) }.map_err(|source| open_error(path, source))
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ pub struct TlsAttacher {
     /// like curl has already sent its request.
     programs: HashMap<FileId, Vec<FileId>>,
     /// Files found carrying OpenSSL, not yet taken by `take_found`.
-    found: Vec<(PathBuf, Option<fs::File>)>,
+    found: Vec<(PathBuf, fs::File)>,
     failures: u64,
     reaper: Reaper,
 }
@@ -298,9 +298,9 @@ impl TlsAttacher {
     }
 
     /// Files found carrying OpenSSL since the last call: the path they were found at, and
-    /// the file opened then (`None` if it could not be), which still reaches it once that
-    /// path is gone (a process's root, with the process).
-    pub fn take_found(&mut self) -> Vec<(PathBuf, Option<fs::File>)> {
+    /// the file opened then, which still reaches it once that path is gone (a process's root,
+    /// with the process).
+    pub fn take_found(&mut self) -> Vec<(PathBuf, fs::File)> {
         std::mem::take(&mut self.found)
     }
 
@@ -534,10 +534,9 @@ impl TlsAttacher {
         let state = match self.files.get(&id) {
             Some(state) => *state,
             None => {
-                let state = match elf::openssl_symbols(path) {
-                    Ok(s) if s.usable() => {
-                        self.found
-                            .push((path.to_owned(), fs::File::open(path).ok()));
+                let state = match elf::openssl_file(path) {
+                    Ok((s, file)) if s.usable() => {
+                        self.found.push((path.to_owned(), file));
                         FileState::Openssl(s)
                     }
                     Ok(_) => FileState::NoOpenssl,
