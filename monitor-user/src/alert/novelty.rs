@@ -176,7 +176,7 @@ impl Novelty {
     /// Forgets the least recently used [`EVICT_SHARE`] of the pairs (one at least): finding
     /// them is a pass over all, so freeing one at a time would make a flood quadratic.
     fn evict(&mut self) {
-        let n = (self.max / EVICT_SHARE).max(1).min(self.len);
+        let n = (self.max / EVICT_SHARE).max(1);
         let by_age = self
             .known
             .iter()

@@ -489,9 +489,7 @@ impl ConnTable {
     /// the oldest is a pass over the table, which a flood of new connections at the cap
     /// would otherwise pay on every one of them.
     fn evict_oldest(&mut self, out: &mut Vec<ConnEvent>) {
-        let n = (self.config.max_connections / EVICT_SHARE)
-            .max(1)
-            .min(self.conns.len());
+        let n = (self.config.max_connections / EVICT_SHARE).max(1);
         let by_age = self.conns.iter().map(|(id, c)| (c.last_ts, *id)).collect();
         for id in crate::evict::least_recent(by_age, n) {
             self.close(id, None, out);
