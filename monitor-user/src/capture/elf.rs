@@ -5,14 +5,21 @@ use std::{fs::File, path::Path};
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
-/// File offsets of the functions apimon probes; `None` where the symbol is absent (libssl
-/// 1.0 has no `_ex` variants).
+use super::probe_site;
+
+/// File offsets where apimon's OpenSSL programs go, one field per program pair; `None` where
+/// nothing needs them (libssl 1.0 has no `_ex` variants; a plain function whose probes
+/// moved with its `_ex` twin's to the internal function both call, see [`probe_site`]).
+///
+/// [`probe_site`]: super::probe_site
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpensslSymbols {
     pub ssl_write: Option<u64>,
     pub ssl_write_ex: Option<u64>,
     pub ssl_read: Option<u64>,
     pub ssl_read_ex: Option<u64>,
+    /// Whether the `_ex` programs sit on OpenSSL's internal read and write functions.
+    pub internal: bool,
 }
 
 impl OpensslSymbols {
@@ -51,17 +58,18 @@ pub fn openssl_file(path: &Path) -> Result<(OpensslSymbols, File), ElfError> {
         path: path.display().to_string(),
         source,
     })?;
-    let mut found = OpensslSymbols::default();
+    // write, write_ex, read, read_ex: where each function is, and the section holding it.
+    let mut functions: [Option<(probe_site::Function, object::SectionIndex)>; 4] = [None; 4];
     // Exported (dynamic) symbols first: stripped binaries keep them.
     for sym in obj.dynamic_symbols().chain(obj.symbols()) {
         if sym.is_undefined() || sym.address() == 0 {
             continue;
         }
         let slot = match sym.name_bytes() {
-            Ok(b"SSL_write") => &mut found.ssl_write,
-            Ok(b"SSL_write_ex") => &mut found.ssl_write_ex,
-            Ok(b"SSL_read") => &mut found.ssl_read,
-            Ok(b"SSL_read_ex") => &mut found.ssl_read_ex,
+            Ok(b"SSL_write") => &mut functions[0],
+            Ok(b"SSL_write_ex") => &mut functions[1],
+            Ok(b"SSL_read") => &mut functions[2],
+            Ok(b"SSL_read_ex") => &mut functions[3],
             _ => continue,
         };
         if slot.is_some() {
@@ -76,10 +84,57 @@ pub fn openssl_file(path: &Path) -> Result<(OpensslSymbols, File), ElfError> {
         let Some((file_offset, _)) = section.file_range() else {
             continue;
         };
-        *slot = sym
+        let offset = sym
             .address()
             .checked_sub(section.address())
             .and_then(|rel| rel.checked_add(file_offset));
+        *slot = offset.map(|offset| {
+            let f = probe_site::Function {
+                offset,
+                size: sym.size(),
+            };
+            (f, index)
+        });
+    }
+    let [write, write_ex, read, read_ex] = functions;
+    let mut found = OpensslSymbols {
+        ssl_write: write.map(|(f, _)| f.offset),
+        ssl_write_ex: write_ex.map(|(f, _)| f.offset),
+        ssl_read: read.map(|(f, _)| f.offset),
+        ssl_read_ex: read_ex.map(|(f, _)| f.offset),
+        internal: false,
+    };
+    if obj.architecture() == object::Architecture::X86_64 {
+        let text = |index| {
+            let section = obj.section_by_index(index).ok()?;
+            let (offset, _) = section.file_range()?;
+            Some(probe_site::Text {
+                bytes: section.data().ok()?,
+                offset,
+            })
+        };
+        let internal =
+            |ex: Option<(probe_site::Function, object::SectionIndex)>,
+             plain: Option<(probe_site::Function, object::SectionIndex)>| {
+                let (ex, index) = ex?;
+                let plain = plain.filter(|(_, i)| *i == index).map(|(f, _)| f);
+                probe_site::internal(text(index)?, ex, plain)
+            };
+        // Both or neither: a read probed one way and a write the other would be correct, but
+        // one rule per file is what the logs and the docs can say.
+        if let (Some((r, read_covered)), Some((w, write_covered))) =
+            (internal(read_ex, read), internal(write_ex, write))
+        {
+            found.ssl_read_ex = Some(r);
+            found.ssl_write_ex = Some(w);
+            if read_covered {
+                found.ssl_read = None;
+            }
+            if write_covered {
+                found.ssl_write = None;
+            }
+            found.internal = true;
+        }
     }
     drop(map);
     Ok((found, file))
@@ -146,6 +201,22 @@ mod tests {
         let s = openssl_symbols(path).expect("libssl parses");
         assert!(s.usable(), "{s:?}");
         assert!(s.ssl_write_ex.is_some() && s.ssl_read_ex.is_some());
+        eprintln!("{}: {s:x?}", path.display());
+    }
+
+    #[test]
+    fn node_carries_openssl() {
+        let Some(node) = ["/usr/bin/node", "/usr/local/bin/node"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+        else {
+            eprintln!("skipped: no node on this machine");
+            return;
+        };
+        let s = openssl_symbols(node).expect("node parses");
+        assert!(s.usable(), "{s:?}");
+        eprintln!("{}: {s:x?}", node.display());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod host;
 pub mod loader;
 pub mod peer;
 pub mod probe_events;
+mod probe_site;
 pub mod procfs;
 pub mod reaper;
 pub mod records;

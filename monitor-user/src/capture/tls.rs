@@ -536,6 +536,12 @@ impl TlsAttacher {
             None => {
                 let state = match elf::openssl_file(path) {
                     Ok((s, file)) if s.usable() => {
+                        let site = if s.internal {
+                            "OpenSSL's internal read and write functions (one cheap trap each)"
+                        } else {
+                            "SSL_read/SSL_write and their _ex variants"
+                        };
+                        info!("{shown} carries OpenSSL: its probes go on {site}");
                         self.found.push((path.to_owned(), file));
                         FileState::Openssl(s)
                     }
