@@ -14,12 +14,18 @@ use super::probe_site;
 /// [`probe_site`]: super::probe_site
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpensslSymbols {
+    /// `SSL_write`, for the `ssl_write` programs.
     pub ssl_write: Option<u64>,
+    /// `SSL_write_ex`, or the internal function it calls, for the `ssl_write_ex` programs.
     pub ssl_write_ex: Option<u64>,
+    /// `SSL_read`, for the `ssl_read` programs.
     pub ssl_read: Option<u64>,
+    /// `SSL_read_ex`, or the internal function it calls, for the `ssl_read_ex` programs.
     pub ssl_read_ex: Option<u64>,
-    /// Whether the `_ex` programs sit on OpenSSL's internal read and write functions.
-    pub internal: bool,
+    /// Whether the `ssl_read_ex` programs sit on OpenSSL's internal read function.
+    pub internal_read: bool,
+    /// Whether the `ssl_write_ex` programs sit on OpenSSL's internal write function.
+    pub internal_write: bool,
 }
 
 impl OpensslSymbols {
@@ -60,10 +66,22 @@ pub fn openssl_file(path: &Path) -> Result<(OpensslSymbols, File), ElfError> {
     })?;
     // write, write_ex, read, read_ex: where each function is, and the section holding it.
     let mut functions: [Option<(probe_site::Function, object::SectionIndex)>; 4] = [None; 4];
+    // Every exported function's file offset, which no internal function may be.
+    let mut public = Vec::new();
     // Exported (dynamic) symbols first: stripped binaries keep them.
-    for sym in obj.dynamic_symbols().chain(obj.symbols()) {
+    let dynamic = obj.dynamic_symbols().map(|s| (s, true));
+    for (sym, exported) in dynamic.chain(obj.symbols().map(|s| (s, false))) {
         if sym.is_undefined() || sym.address() == 0 {
             continue;
+        }
+        let Some(index) = sym.section_index() else {
+            continue;
+        };
+        let Some(offset) = file_offset(&obj, index, sym.address()) else {
+            continue;
+        };
+        if exported {
+            public.push(offset);
         }
         let slot = match sym.name_bytes() {
             Ok(b"SSL_write") => &mut functions[0],
@@ -72,72 +90,72 @@ pub fn openssl_file(path: &Path) -> Result<(OpensslSymbols, File), ElfError> {
             Ok(b"SSL_read_ex") => &mut functions[3],
             _ => continue,
         };
-        if slot.is_some() {
-            continue;
+        if slot.is_none() {
+            let size = sym.size();
+            *slot = Some((probe_site::Function { offset, size }, index));
         }
-        let Some(index) = sym.section_index() else {
-            continue;
-        };
-        let Ok(section) = obj.section_by_index(index) else {
-            continue;
-        };
-        let Some((file_offset, _)) = section.file_range() else {
-            continue;
-        };
-        let offset = sym
-            .address()
-            .checked_sub(section.address())
-            .and_then(|rel| rel.checked_add(file_offset));
-        *slot = offset.map(|offset| {
-            let f = probe_site::Function {
-                offset,
-                size: sym.size(),
-            };
-            (f, index)
-        });
     }
+    public.sort_unstable();
     let [write, write_ex, read, read_ex] = functions;
+    let offset = |f: Option<(probe_site::Function, _)>| f.map(|(f, _)| f.offset);
     let mut found = OpensslSymbols {
-        ssl_write: write.map(|(f, _)| f.offset),
-        ssl_write_ex: write_ex.map(|(f, _)| f.offset),
-        ssl_read: read.map(|(f, _)| f.offset),
-        ssl_read_ex: read_ex.map(|(f, _)| f.offset),
-        internal: false,
+        ssl_write: offset(write),
+        ssl_write_ex: offset(write_ex),
+        ssl_read: offset(read),
+        ssl_read_ex: offset(read_ex),
+        internal_read: false,
+        internal_write: false,
     };
     if obj.architecture() == object::Architecture::X86_64 {
-        let text = |index| {
-            let section = obj.section_by_index(index).ok()?;
-            let (offset, _) = section.file_range()?;
-            Some(probe_site::Text {
-                bytes: section.data().ok()?,
-                offset,
-            })
-        };
-        let internal =
-            |ex: Option<(probe_site::Function, object::SectionIndex)>,
-             plain: Option<(probe_site::Function, object::SectionIndex)>| {
-                let (ex, index) = ex?;
-                let plain = plain.filter(|(_, i)| *i == index).map(|(f, _)| f);
-                probe_site::internal(text(index)?, ex, plain)
-            };
-        // Both or neither: a read probed one way and a write the other would be correct, but
-        // one rule per file is what the logs and the docs can say.
-        if let (Some((r, read_covered)), Some((w, write_covered))) =
-            (internal(read_ex, read), internal(write_ex, write))
-        {
-            found.ssl_read_ex = Some(r);
-            found.ssl_write_ex = Some(w);
-            if read_covered {
+        let pair = |ex, plain| probe_pair(&obj, ex, plain);
+        let (read_site, write_site) =
+            probe_site::place(pair(read_ex, read), pair(write_ex, write), &public);
+        if let Some(site) = read_site {
+            found.ssl_read_ex = Some(site.at);
+            found.internal_read = true;
+            if site.plain_covered {
                 found.ssl_read = None;
             }
-            if write_covered {
+        }
+        if let Some(site) = write_site {
+            found.ssl_write_ex = Some(site.at);
+            found.internal_write = true;
+            if site.plain_covered {
                 found.ssl_write = None;
             }
-            found.internal = true;
         }
     }
     drop(map);
     Ok((found, file))
+}
+
+/// The file offset of virtual address `address` in section `index`.
+fn file_offset(obj: &object::File<'_>, index: object::SectionIndex, address: u64) -> Option<u64> {
+    let section = obj.section_by_index(index).ok()?;
+    let (start, _) = section.file_range()?;
+    address.checked_sub(section.address())?.checked_add(start)
+}
+
+/// One direction's functions for [`probe_site::place`]: the `_ex` one and the plain one in
+/// the same section (a plain one elsewhere keeps the direction on its public functions).
+fn probe_pair<'a>(
+    obj: &'a object::File<'a>,
+    ex: Option<(probe_site::Function, object::SectionIndex)>,
+    plain: Option<(probe_site::Function, object::SectionIndex)>,
+) -> Option<probe_site::Pair<'a>> {
+    let (ex, index) = ex?;
+    let plain = match plain {
+        Some((f, i)) if i == index => Some(f),
+        Some(_) => return None,
+        None => None,
+    };
+    let section = obj.section_by_index(index).ok()?;
+    let (offset, _) = section.file_range()?;
+    let text = probe_site::Text {
+        bytes: section.data().ok()?,
+        offset,
+    };
+    Some(probe_site::Pair { text, ex, plain })
 }
 
 /// The libraries an ELF file names as needed (`DT_NEEDED`), by soname. Files without a

@@ -536,12 +536,18 @@ impl TlsAttacher {
             None => {
                 let state = match elf::openssl_file(path) {
                     Ok((s, file)) if s.usable() => {
-                        let site = if s.internal {
-                            "OpenSSL's internal read and write functions (one cheap trap each)"
+                        // Which placement probe_site chose: the cheap one, or the public functions.
+                        let read = if s.internal_read {
+                            "OpenSSL's internal read function"
                         } else {
-                            "SSL_read/SSL_write and their _ex variants"
+                            "SSL_read and SSL_read_ex"
                         };
-                        info!("{shown} carries OpenSSL: its probes go on {site}");
+                        let write = if s.internal_write {
+                            "OpenSSL's internal write function"
+                        } else {
+                            "SSL_write and SSL_write_ex"
+                        };
+                        info!("{shown} carries OpenSSL: probes on {read} and on {write}");
                         self.found.push((path.to_owned(), file));
                         FileState::Openssl(s)
                     }
