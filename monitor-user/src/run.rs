@@ -154,7 +154,11 @@ fn reload(
 
 /// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration.
 pub fn run(config: Config, overrides: Overrides) -> anyhow::Result<()> {
-    let failures: Vec<String> = host::preflight()
+    let checks = host::preflight();
+    for c in checks.iter().filter(|c| c.status == Status::Warn) {
+        warn!("{}: {}", c.name, c.detail);
+    }
+    let failures: Vec<String> = checks
         .into_iter()
         .filter(|c| c.status == Status::Fail)
         .map(|c| format!("{}: {}", c.name, c.detail))

@@ -281,6 +281,25 @@ pub fn preflight() -> Vec<Check> {
             "no uprobe PMU: TLS plaintext capture may be unavailable".into()
         },
     );
+    // Left on after profiling, it has the kernel read the clock twice around every eBPF
+    // program run: on a VM, a cost on every hooked syscall of every process.
+    let stats = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled");
+    match stats.as_deref().map(str::trim) {
+        Ok("0") | Err(_) => push(
+            "bpf stats",
+            Status::Ok,
+            "eBPF run-time statistics off".into(),
+        ),
+        Ok(v) => push(
+            "bpf stats",
+            Status::Warn,
+            format!(
+                "kernel.bpf_stats_enabled={v}: the kernel times every eBPF program run, which adds \
+                 to every hooked syscall; `sysctl kernel.bpf_stats_enabled=0` unless you are \
+                 profiling eBPF"
+            ),
+        ),
+    }
     checks
 }
 
@@ -300,6 +319,7 @@ mod tests {
             "bpffs",
             "lockdown",
             "uprobes",
+            "bpf stats",
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
