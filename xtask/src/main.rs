@@ -48,8 +48,9 @@ enum Task {
     /// against JSON parsing of the same bytes) and the live overhead (nginx and wrk with no
     /// agent, a count-only bpftrace floor, and apimon; needs root).
     Bench {
-        /// `detect`: only the detector; `overhead`: only the live bench; any other text: the
-        /// detector's benchmarks whose name contains it. Without it: both.
+        /// `detect`: only the detector; `overhead`: only the live bench; `uprobe`: what a
+        /// uprobe costs by the instruction it replaces; any other text: the detector's
+        /// benchmarks whose name contains it. Without it: the detector and the live bench.
         filter: Option<String>,
         /// Overhead bench: seconds per wrk run [default: 8, or 3 with --quick].
         #[arg(long)]
@@ -68,6 +69,9 @@ enum Task {
     },
     /// Lint host crates and the eBPF crate (for its own target), and check formatting.
     Lint,
+    /// The loop `bench uprobe` measures, run as its child.
+    #[command(hide = true)]
+    UprobeLoop { kind: String, calls: u64 },
     /// Fuzz a target (http_session, records) with cargo-fuzz for a while.
     Fuzz {
         /// Fuzz target name.
@@ -112,6 +116,7 @@ fn main() -> Result<()> {
             bench(filter.as_deref(), &options)
         }
         Task::Fuzz { target, seconds } => fuzz(&target, seconds),
+        Task::UprobeLoop { kind, calls } => bench::uprobe::child_loop(&kind, calls),
     }
 }
 
@@ -205,11 +210,12 @@ fn test(filter: Option<&str>) -> Result<()> {
     run(&mut integration)
 }
 
-/// `detect` or `overhead` runs that bench alone; other filters select detector benchmarks;
+/// `detect`, `overhead` or `uprobe` runs that bench alone; other filters select detector benchmarks;
 /// no filter runs both.
 fn bench(filter: Option<&str>, options: &bench::Options) -> Result<()> {
     match filter {
         Some("overhead") => bench::overhead(options),
+        Some("uprobe") => bench::uprobe::run(options.rounds),
         Some("detect") => bench_detector(None),
         Some(f) => bench_detector(Some(f)),
         None => {

@@ -16,6 +16,7 @@ mod netns;
 mod nginx;
 mod procfs;
 mod report;
+pub(crate) mod uprobe;
 mod wrk;
 
 use std::{
