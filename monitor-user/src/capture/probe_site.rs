@@ -4,8 +4,8 @@
 //! after the trap (push of a register, some nops, direct jumps and calls); any other it runs
 //! out of line under single-step, a second trap. In a VM that second trap is the expensive
 //! part: on the 6.18 VM this is built on, a count-only uprobe costs 1.1 µs on a `push` and
-//! 12.5 µs on the `sub $0x18,%rsp` that `SSL_read` and `SSL_write` begin with
-//! (docs/performance.md).
+//! 13.5 µs on the `sub $0x18,%rsp` that `SSL_read` and `SSL_write` begin with
+//! (docs/performance.md, `cargo xtask bench uprobe`).
 //!
 //! In OpenSSL 1.1.1 and 3.0-3.2, `SSL_read_ex(s, buf, num, readbytes)` is a call to an
 //! internal `ssl_read_internal` with the same four arguments, and `SSL_read` a call to the
@@ -60,7 +60,7 @@ pub(crate) struct Site {
     pub(crate) plain_covered: bool,
 }
 
-/// Most instructions looked at in a wrapper.
+/// Most instructions looked at before a wrapper's call.
 const MAX_WRAPPER: usize = 256;
 
 /// The argument registers of the `_ex` contract, which a wrapper must hand on untouched.
@@ -94,15 +94,15 @@ fn internal(pair: Pair<'_>, public: &[u64]) -> Option<Site> {
         return None;
     }
     let at = cheap_site(text, target)?;
-    let plain_covered = pair.plain.is_some_and(|p| covers(text, p, target));
     // A plain function that keeps its own probes must not reach the internal one some other
     // way, or both probes would trap on its calls. Other callers are welcome: they read and
     // write with the same contract (OpenSSL's SSL BIO calls the internal functions
     // directly, calls the public probes never saw).
-    let still_probed = pair.plain.filter(|_| !plain_covered);
-    if still_probed.is_some_and(|p| reached_from(text, target, p)) {
-        return None;
-    }
+    let plain_covered = match pair.plain.map(|p| calls_to(text, p, target)) {
+        None | Some(Calls::None) => false,
+        Some(Calls::All) => true,
+        Some(Calls::Some) => return None,
+    };
     Some(Site { at, plain_covered })
 }
 
@@ -129,41 +129,47 @@ fn handoff(text: Text<'_>, at: u64) -> Option<u64> {
     None
 }
 
-/// Whether every call the plain function `f` makes to data goes to `target` with a length
-/// pointer on its own stack (`rcx` from `rsp`), so that probing `target` sees all its calls.
-/// The whole function is decoded: an indirect call or jump, or a direct one to elsewhere in
-/// the section (another data path), means no. Calls out of the section (the PLT: error
-/// reporting, the stack protector) are fine.
-fn covers(text: Text<'_>, f: Function, target: u64) -> bool {
+/// How a plain function's calls reach the internal function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Calls {
+    /// It never branches there: its calls need probes of their own.
+    None,
+    /// Every call it makes to data goes there, with a length pointer on its own stack (`rcx`
+    /// from `rsp`): probing the internal function sees all of them.
+    All,
+    /// Some of its calls go there, or it may reach it in a way not seen.
+    Some,
+}
+
+/// How the plain function `f` reaches `target`, from the whole function decoded once. An
+/// indirect call or jump, a direct one to elsewhere in the section (another data path), or a
+/// call to `target` without the length on the stack makes a function that reaches `target`
+/// [`Calls::Some`]; calls out of the section (the PLT: error reporting, the stack protector)
+/// are fine. Code that does not decode is taken to reach it.
+fn calls_to(text: Text<'_>, f: Function, target: u64) -> Calls {
     let Some(mut decoder) = decoder(text, f.offset) else {
-        return false;
+        return Calls::None;
     };
     let end = f.offset.saturating_add(f.size);
     let inside = |at: u64| (f.offset..end).contains(&at);
     let mut info = InstructionInfoFactory::new();
-    let mut len_on_stack = false;
-    let mut calls = 0;
-    for _ in 0..MAX_WRAPPER {
-        if decoder.ip() >= end {
-            break;
-        }
+    let (mut reaches, mut clean, mut len_on_stack) = (false, true, false);
+    while decoder.ip() < end && decoder.can_decode() {
         let insn = decoder.decode();
         if insn.is_invalid() {
-            return false;
+            return Calls::Some;
         }
         match insn.flow_control() {
-            FlowControl::IndirectBranch | FlowControl::IndirectCall => return false,
+            FlowControl::IndirectBranch | FlowControl::IndirectCall => clean = false,
             FlowControl::Call
             | FlowControl::UnconditionalBranch
             | FlowControl::ConditionalBranch => {
                 let to = insn.near_branch_target();
                 if to == target {
-                    if !len_on_stack {
-                        return false;
-                    }
-                    calls += 1;
+                    reaches = true;
+                    clean &= len_on_stack;
                 } else if within(text, to) && !inside(to) {
-                    return false;
+                    clean = false;
                 }
             }
             _ => {}
@@ -172,8 +178,11 @@ fn covers(text: Text<'_>, f: Function, target: u64) -> bool {
             len_on_stack = stack_address_into_rcx(&insn);
         }
     }
-    // A function longer than the decode budget was not seen whole.
-    calls > 0 && decoder.ip() >= end
+    match (reaches, clean) {
+        (false, _) => Calls::None,
+        (true, true) => Calls::All,
+        (true, false) => Calls::Some,
+    }
 }
 
 /// `mov %rsp,%rcx` or `lea d(%rsp),%rcx`.
@@ -234,33 +243,6 @@ fn emulated(text: Text<'_>, insn: &Instruction) -> bool {
         Code::Nop_rm32 => first_byte == Some(0x0F),
         _ => false,
     }
-}
-
-/// Whether a direct call or jump to `target` sits inside `function`. A byte scan, not a
-/// decode: an `E8`/`E9`/`EB` inside another instruction that happens to point at `target`
-/// only makes the answer more cautious.
-fn reached_from(text: Text<'_>, target: u64, function: Function) -> bool {
-    let start = function.offset.saturating_sub(text.offset);
-    let end = start.saturating_add(function.size);
-    let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
-        return true;
-    };
-    let bytes = text.bytes;
-    (start..end.min(bytes.len())).any(|i| {
-        let (len, rel) = match bytes[i] {
-            0xE8 | 0xE9 => match bytes.get(i + 1..i + 5) {
-                Some(r) => (5, i64::from(i32::from_le_bytes([r[0], r[1], r[2], r[3]]))),
-                None => return false,
-            },
-            0xEB => match bytes.get(i + 1) {
-                Some(r) => (2, i64::from(*r as i8)),
-                None => return false,
-            },
-            _ => return false,
-        };
-        let at = text.offset + i as u64;
-        (at as i64).wrapping_add(len + rel) as u64 == target
-    })
 }
 
 /// Whether file offset `at` lies in `text`.
@@ -325,16 +307,21 @@ mod tests {
     };
     const PUBLIC: [u64; 2] = [0x1100, 0x1120]; // sorted
 
-    fn read_site(t: &[u8], plain: Option<Function>) -> Option<Site> {
-        let pair = Pair {
-            text: Text {
-                bytes: t,
-                offset: 0x1000,
-            },
+    /// `SSL_read_ex` and `plain` in `t`, laid out at file offset 0x1000.
+    fn pair(t: &[u8], plain: Option<Function>) -> Pair<'_> {
+        let text = Text {
+            bytes: t,
+            offset: 0x1000,
+        };
+        Pair {
+            text,
             ex: EX,
             plain,
-        };
-        place(Some(pair), None, &PUBLIC).0
+        }
+    }
+
+    fn read_site(t: &[u8], plain: Option<Function>) -> Option<Site> {
+        place(Some(pair(t, plain)), None, &PUBLIC).0
     }
 
     const COVERED: Option<Site> = Some(Site {
@@ -422,16 +409,9 @@ mod tests {
     #[test]
     fn one_function_for_both_directions_is_not_followed() {
         let t = openssl_like(PUSH_R13);
-        let pair = Pair {
-            text: Text {
-                bytes: &t,
-                offset: 0x1000,
-            },
-            ex: EX,
-            plain: Some(PLAIN),
-        };
-        assert_eq!(place(Some(pair), Some(pair), &PUBLIC), (None, None));
-        assert_eq!(place(Some(pair), None, &PUBLIC), (COVERED, None));
+        let both = pair(&t, Some(PLAIN));
+        assert_eq!(place(Some(both), Some(both), &PUBLIC), (None, None));
+        assert_eq!(place(Some(both), None, &PUBLIC), (COVERED, None));
     }
 
     #[test]
@@ -467,24 +447,20 @@ mod tests {
         let garbage = vec![0xFF; 0x300];
         assert_eq!(read_site(&garbage, Some(PLAIN)), None);
         let tiny = [0xE8];
-        let pair = Pair {
-            text: Text {
-                bytes: &tiny,
-                offset: 0x1000,
-            },
+        let truncated = Pair {
             ex: Function {
                 offset: 0x1000,
                 size: 1,
             },
-            plain: None,
+            ..pair(&tiny, None)
         };
-        assert_eq!(place(Some(pair), None, &[]), (None, None));
+        assert_eq!(place(Some(truncated), None, &[]), (None, None));
         let elsewhere = Pair {
             ex: Function {
                 offset: 0x9000,
                 size: 8,
             },
-            ..pair
+            ..truncated
         };
         assert_eq!(place(Some(elsewhere), None, &[]), (None, None));
     }
