@@ -49,6 +49,9 @@ pub enum ElfError {
     Parse { path: String, source: object::Error },
 }
 
+/// The functions looked for, in the order `openssl_file` takes them apart.
+const FUNCTIONS: [&[u8]; 4] = [b"SSL_write", b"SSL_write_ex", b"SSL_read", b"SSL_read_ex"];
+
 /// Looks up OpenSSL's functions in the ELF file at `path`. Only defined symbols count: an
 /// executable that merely imports `SSL_write` from libssl does not carry it.
 pub fn openssl_symbols(path: &Path) -> Result<OpensslSymbols, ElfError> {
@@ -64,7 +67,7 @@ pub fn openssl_file(path: &Path) -> Result<(OpensslSymbols, File), ElfError> {
         path: path.display().to_string(),
         source,
     })?;
-    // write, write_ex, read, read_ex: where each function is, and the section holding it.
+    // Where each of FUNCTIONS is, and the section holding it.
     let mut functions: [Option<(probe_site::Function, object::SectionIndex)>; 4] = [None; 4];
     // Every exported function's file offset, which no internal function may be.
     let mut public = Vec::new();
@@ -72,6 +75,13 @@ pub fn openssl_file(path: &Path) -> Result<(OpensslSymbols, File), ElfError> {
     let dynamic = obj.dynamic_symbols().map(|s| (s, true));
     for (sym, exported) in dynamic.chain(obj.symbols().map(|s| (s, false))) {
         if sym.is_undefined() || sym.address() == 0 {
+            continue;
+        }
+        let name = sym.name_bytes().unwrap_or_default();
+        let slot = FUNCTIONS.iter().position(|f| *f == name);
+        // The full symbol table of an unstripped binary is large: only the functions looked
+        // for are placed from it.
+        if !exported && slot.is_none() {
             continue;
         }
         let Some(index) = sym.section_index() else {
@@ -83,14 +93,9 @@ pub fn openssl_file(path: &Path) -> Result<(OpensslSymbols, File), ElfError> {
         if exported {
             public.push(offset);
         }
-        let slot = match sym.name_bytes() {
-            Ok(b"SSL_write") => &mut functions[0],
-            Ok(b"SSL_write_ex") => &mut functions[1],
-            Ok(b"SSL_read") => &mut functions[2],
-            Ok(b"SSL_read_ex") => &mut functions[3],
-            _ => continue,
-        };
-        if slot.is_none() {
+        if let Some(slot) = slot.map(|i| &mut functions[i])
+            && slot.is_none()
+        {
             let size = sym.size();
             *slot = Some((probe_site::Function { offset, size }, index));
         }
