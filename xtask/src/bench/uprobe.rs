@@ -18,6 +18,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use super::report::median;
+
 /// Calls per measurement.
 const CALLS: u64 = 200_000;
 
@@ -52,8 +54,11 @@ unsafe extern "C" {
     fn apimon_uprobe_push(x: u32) -> u32;
 }
 
-/// The functions measured, by the name the child takes.
-const KINDS: [&str; 2] = ["sub", "push"];
+/// The functions measured: the name the child takes, and what the report calls them.
+const KINDS: [(&str, &str); 2] = [
+    ("sub", "`sub $0x18,%rsp` (single-stepped)"),
+    ("push", "`push %rbp` (emulated)"),
+];
 
 /// How the function is probed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,12 +85,9 @@ pub(crate) fn run(rounds: usize) -> Result<()> {
     mount_tracefs()?;
     let exe = std::env::current_exe().context("finding this binary")?;
     // kind -> probe -> ns per call, one value per round.
-    let mut ns = [
-        [Vec::new(), Vec::new(), Vec::new()],
-        [Vec::new(), Vec::new(), Vec::new()],
-    ];
+    let mut ns: [[Vec<f64>; 3]; 2] = Default::default();
     for round in 0..rounds.max(1) {
-        for (k, kind) in KINDS.iter().enumerate() {
+        for (k, (kind, _)) in KINDS.iter().enumerate() {
             for i in 0..Probe::ALL.len() {
                 let p = (i + round) % Probe::ALL.len();
                 let v = measure(&exe, kind, Probe::ALL[p])?;
@@ -102,22 +104,8 @@ pub(crate) fn run(rounds: usize) -> Result<()> {
         "\n| first instruction | no probe | entry probe | entry + return | entry probe / no probe |"
     );
     println!("|---|---|---|---|---|");
-    let med: Vec<[f64; 3]> = ns
-        .iter_mut()
-        .map(|by_probe| {
-            let mut m = [0.0; 3];
-            for (slot, v) in m.iter_mut().zip(by_probe.iter_mut()) {
-                *slot = median(v);
-            }
-            m
-        })
-        .collect();
-    for (kind, m) in KINDS.iter().zip(&med) {
-        let first = if *kind == "sub" {
-            "`sub $0x18,%rsp` (single-stepped)"
-        } else {
-            "`push %rbp` (emulated)"
-        };
+    let med = ns.map(|by_probe| by_probe.map(|v| median(v).unwrap_or(0.0)));
+    for ((_, first), m) in KINDS.iter().zip(&med) {
         println!(
             "| {first} | {:.3} µs | {:.2} µs | {:.2} µs | {:.0}x |",
             m[0] / 1e3,
@@ -214,11 +202,6 @@ fn mount_tracefs() -> Result<()> {
         bail!("mounting tracefs at {TRACEFS} failed ({status})");
     }
     Ok(())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The child: prints the file offset of `kind`'s function, waits for "go" on stdin, calls it
