@@ -17,7 +17,7 @@ use common::{
     counter, data_flags, kind, proto,
 };
 
-use crate::maps::{COUNTERS, EMITS, EVENTS, NEXT_ID, put};
+use crate::maps::{COUNTERS, EMIT_CPU, EMITS, EVENTS, NEXT_ID, put};
 
 /// The agent's own pid: its traffic (alert deliveries, metrics scrapes) is not followed.
 #[unsafe(no_mangle)]
@@ -395,21 +395,37 @@ pub(crate) struct Iovec {
     pub(crate) len: u64,
 }
 
-/// One step of forwarding this thread's op in [`EMITS`]: load the next iovec, or send one
+/// Where an op's progress is kept while its records go out.
+#[derive(Clone, Copy)]
+pub(crate) enum OpSlot {
+    /// This CPU's [`EMIT_CPU`]: for syscall tracepoints, which nothing preempts.
+    Cpu = 0,
+    /// This thread's [`EMITS`]: for uprobes, whose programs may be preempted.
+    Thread = 1,
+}
+
+/// One step of forwarding the op in `slot` (an [`OpSlot`]): load the next iovec, or send one
 /// record, or (once done) account for what was not copied. Returns 0 while there is more.
 ///
 /// Verifier trick: this is a *global* BPF function (exported, so bpf-linker keeps its linkage),
 /// which the verifier checks once on its own instead of once per loop iteration and per path
 /// of the caller. Its progress lives in a map for the same reason: the caller's loop carries
-/// nothing but a counter, so verifying it costs a few instructions per iteration.
+/// nothing but a counter, so verifying it costs a few instructions per iteration. The slot
+/// comes as a plain number: a global function's arguments must be scalars or the context.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn apimon_emit_step() -> i64 {
-    let (id, _, _) = current();
-    let Some(op) = EMITS.get_ptr_mut(id) else {
+pub extern "C" fn apimon_emit_step(slot: u64) -> i64 {
+    let op = if slot == OpSlot::Cpu as u64 {
+        EMIT_CPU.get_ptr_mut(0)
+    } else {
+        let (id, _, _) = current();
+        EMITS.get_ptr_mut(id)
+    };
+    let Some(op) = op else {
         return 1;
     };
-    // SAFETY: map value pointer, valid for this program run; only this thread uses the entry.
+    // SAFETY: map value pointer, valid for this program run; only this thread (or, for a CPU
+    // slot, this program run) uses the entry.
     let op = unsafe { &mut *op };
     if op.off >= op.len {
         return 1;
@@ -466,37 +482,47 @@ fn finish(op: &mut Op) -> i64 {
 const MAX_STEPS: u32 = CHUNKS_PER_OP + IOV_MAX_WALK + 1;
 
 #[inline(always)]
-fn run(id: u64, op: &Op) {
-    if !put(&EMITS, id, op) {
+fn run(slot: OpSlot, op: &Op) {
+    let stored = match slot {
+        OpSlot::Cpu => match EMIT_CPU.get_ptr_mut(0) {
+            Some(p) => {
+                // SAFETY: this CPU's value; nothing else runs on this CPU until we return.
+                unsafe { *p = *op };
+                true
+            }
+            None => false,
+        },
+        OpSlot::Thread => put(&EMITS, current().0, op),
+    };
+    if !stored {
         count(counter::ARGS_MAP_FULL, 1);
         return;
     }
     for _ in 0..MAX_STEPS {
-        if apimon_emit_step() != 0 {
+        if apimon_emit_step(slot as u64) != 0 {
             break;
         }
     }
 }
 
-/// Forwards `op.len` bytes from the buffer at `src` in records of up to [`CHUNK_MAX`].
+/// Forwards `op.len` bytes from the buffer at `src` in records of up to [`CHUNK_MAX`], its
+/// progress kept in `slot`.
 #[inline(always)]
-pub(crate) fn emit_buf(op: &Op, src: u64) {
-    let (id, _, _) = current();
+pub(crate) fn emit_buf(slot: OpSlot, op: &Op, src: u64) {
     let mut op = *op;
     op.src = src;
     op.base = src;
     op.left = op.len;
-    run(id, &op);
+    run(slot, &op);
 }
 
-/// Forwards `op.len` bytes spread over `iovcnt` iovecs at `iov`.
+/// Forwards `op.len` bytes spread over `iovcnt` iovecs at `iov`, its progress kept in `slot`.
 #[inline(always)]
-pub(crate) fn emit_iov(op: &Op, iov: u64, iovcnt: u64) {
-    let (id, _, _) = current();
+pub(crate) fn emit_iov(slot: OpSlot, op: &Op, iov: u64, iovcnt: u64) {
     let mut op = *op;
     op.src = iov;
     op.iovcnt = iovcnt;
-    run(id, &op);
+    run(slot, &op);
 }
 
 /// An op whose bytes were never in user memory (sendfile): only its end is reported.

@@ -8,7 +8,7 @@ use common::{ConnState, FdKey, data_flags, fd_kind, proto, stream_index};
 
 use crate::{
     helpers::{
-        Op, admit, current, emit_buf, emit_bytes_elsewhere, emit_iov, first_iovec, is_self,
+        Op, OpSlot, admit, current, emit_buf, emit_bytes_elsewhere, emit_iov, first_iovec, is_self,
         peek_class, read_user_value, syscall_arg, syscall_ret,
     },
     maps::{FDS, LAST_TLS_READ, SockRef, SyscallArgs, op, put},
@@ -240,9 +240,9 @@ fn exit(ctx: &TracePointContext) -> u32 {
     }
     let op = Op::claim(st, stream, args.fd, n, flags, 0);
     if args.op == op::BUF {
-        emit_buf(&op, args.ptr);
+        emit_buf(OpSlot::Cpu, &op, args.ptr);
     } else {
-        emit_iov(&op, args.ptr, args.len);
+        emit_iov(OpSlot::Cpu, &op, args.ptr, args.len);
     }
     0
 }

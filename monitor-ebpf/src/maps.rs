@@ -27,10 +27,19 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cou
 #[map(name = "NEXT_ID")]
 pub(crate) static NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// The op a thread is forwarding, by pid_tgid: the state of `helpers::apimon_emit_step`.
-/// Overwritten in place by the thread's next op (see [`put`]).
+/// The op a thread is forwarding from a uprobe, by pid_tgid: the state of
+/// `helpers::apimon_emit_step`. Overwritten in place by the thread's next op (see [`put`]).
+/// Per thread because a uprobe's program may be preempted, and another thread's program may
+/// then run on the same CPU.
 #[map(name = "EMITS")]
 pub(crate) static EMITS: LruHashMap<u64, Op> = LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
+
+/// The op a syscall tracepoint's program is forwarding: one slot per CPU. Those programs run
+/// with preemption off and never nest on a CPU (the kernel's `bpf_prog_active`), so the slot is
+/// theirs until they return, and each step reads it with an array lookup instead of a hash
+/// lookup (three to six per op; docs/performance.md).
+#[map(name = "EMIT_CPU")]
+pub(crate) static EMIT_CPU: PerCpuArray<Op> = PerCpuArray::with_max_entries(1, 0);
 
 /// What a thread's pending syscall needs at its exit, by pid_tgid (a [`Slot`]).
 #[map(name = "SYSCALL_ARGS")]

@@ -18,7 +18,8 @@ use common::{
 
 use crate::{
     helpers::{
-        Op, admit, count, current, emit_buf, is_self, peek_class, probe_all, read_user_value,
+        Op, OpSlot, admit, count, current, emit_buf, is_self, peek_class, probe_all,
+        read_user_value,
     },
     maps::{
         FDS, LAST_TLS_READ, PROBED, SSL_READ, SSL_SOCK, SSL_WRITE, Slot, SockRef, SslCall, SslKey,
@@ -176,7 +177,7 @@ fn emit_plaintext(st: &mut ConnState, fd: u32, buf: u64, n: u64, read: bool) {
     }
     let flags = data_flags::TLS | if read { data_flags::READ } else { 0 };
     let op = Op::claim(st, stream, fd, n, flags, tls_lib::OPENSSL);
-    emit_buf(&op, buf);
+    emit_buf(OpSlot::Thread, &op, buf);
 }
 
 /// Called at entry of every syscall on a tracked socket not known to be plain HTTP. Returns
