@@ -98,11 +98,24 @@ unsafe fn read_ctx<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
 }
 
 /// Adds `n` to drop counter `idx`.
+///
+/// An atomic add although the value is per-CPU: since Linux 6.0 a uprobe's program may be
+/// preempted between its load and its store, and a tracepoint's program run on the same CPU
+/// in between; a plain `+=` would then lose one of the two counts.
 #[inline(always)]
 pub(crate) fn count(idx: u32, n: u64) {
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU value, only this CPU writes it while this program runs.
-        unsafe { *c += n };
+        // `core`'s atomics have no read-modify-write on this target: the BPF atomic add
+        // (`BPF_STX | BPF_ATOMIC | BPF_DW`, `BPF_ADD`, no fetch), written out.
+        // SAFETY: `c` is a map value pointer, 8-byte aligned and valid for this program run.
+        unsafe {
+            asm!(
+                "lock *(u64 *)({c} + 0) += {n}",
+                c = in(reg) c,
+                n = in(reg) n,
+                options(nostack),
+            );
+        }
     }
 }
 
@@ -114,7 +127,8 @@ pub(crate) fn next_conn_id() -> u64 {
     let Some(c) = NEXT_ID.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: per-CPU value, only this CPU writes it while this program runs.
+    // SAFETY: per-CPU value, used only by syscall tracepoints (`open_conn`), which nothing
+    // preempts: only this program run writes it until it returns.
     let n = unsafe {
         *c += 1;
         *c
@@ -204,7 +218,7 @@ pub(crate) fn admit(state: &mut u8, budget: &mut u8, class: u8, raw: bool) -> bo
     }
 }
 
-/// One read or write being forwarded, kept per thread in [`EMITS`] while its records go out.
+/// One read or write being forwarded, kept in its [`OpSlot`] while its records go out.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct Op {

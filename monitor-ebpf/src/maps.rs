@@ -29,8 +29,8 @@ pub(crate) static NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0
 
 /// The op a thread is forwarding from a uprobe, by pid_tgid: the state of
 /// `helpers::apimon_emit_step`. Overwritten in place by the thread's next op (see [`put`]).
-/// Per thread because a uprobe's program may be preempted, and another thread's program may
-/// then run on the same CPU.
+/// Per thread because a uprobe's program may be preempted (Linux 6.0 and later), and another
+/// thread's program may then run on the same CPU.
 #[map(name = "EMITS")]
 pub(crate) static EMITS: LruHashMap<u64, Op> = LruHashMap::with_max_entries(THREADS_ENTRIES, 0);
 
