@@ -15,3 +15,4 @@ pub mod output;
 pub mod pipeline;
 pub mod run;
 pub mod shed;
+pub mod timestamp;

@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
     os::fd::AsRawFd as _,
     sync::{
         Arc,
@@ -32,6 +31,7 @@ use crate::{
         metrics::{EventKind, Metrics, ShedStage, StateKind},
     },
     shed::{ShedConfig, Shedder},
+    timestamp::MillisText,
 };
 
 /// Logs a record's identity and first bytes (escaped): what the kernel saw, for debugging.
@@ -199,7 +199,7 @@ pub struct Pipeline {
     peers: HashMap<u32, bool>,
     out: Vec<ConnEvent>,
     /// The timestamp of the call being analysed (see [`CallContext::ts`]).
-    ts_buf: String,
+    ts: MillisText,
     last_map_write: Instant,
 }
 
@@ -242,7 +242,7 @@ impl Pipeline {
             high_water: u64::MAX,
             peers: HashMap::new(),
             out: Vec::new(),
-            ts_buf: String::new(),
+            ts: MillisText::default(),
             last_map_write: Instant::now(),
         }
     }
@@ -501,13 +501,7 @@ impl Pipeline {
                     if shed_bodies(&mut x, self.shedder.keep_bodies()) {
                         self.metrics.shed(ShedStage::Body).inc();
                     }
-                    // `2026-11-23T02:43:49.990Z`, in a buffer every call reuses.
-                    self.ts_buf.clear();
-                    let _ = write!(
-                        self.ts_buf,
-                        "{}",
-                        humantime::format_rfc3339_millis(self.clock.wall(x.request.first_ts))
-                    );
+                    let ts = self.ts.format(self.clock.wall(x.request.first_ts));
                     let ctx = CallContext {
                         pid: Some(info.pid),
                         comm: &info.comm,
@@ -518,7 +512,7 @@ impl Pipeline {
                         tls_lib: info.tls_lib,
                         tls: info.tls_lib.is_some(),
                         remote: info.remote,
-                        ts: &self.ts_buf,
+                        ts,
                         entry: None,
                     };
                     let analysis = self.analyzer.analyze(&ctx, &x);
