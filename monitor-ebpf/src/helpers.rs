@@ -185,15 +185,24 @@ pub(crate) fn peek_class(src: u64, n: u64) -> u8 {
     classify(&peek, n as usize)
 }
 
-/// Decides whether a record whose first bytes classify as `class` is forwarded, updating the
-/// stream's protocol and budget. Streams seen from their start decide on the first record;
-/// others skip records until one starts an HTTP message. TLS records on a socket settle it:
-/// the plaintext will come from the TLS library (`raw` is false for that plaintext stream).
+/// Decides whether a record is forwarded, updating the stream's protocol and budget. Streams
+/// seen from their start decide on the first record; others skip records until one starts an
+/// HTTP message. TLS records on a socket settle it: the plaintext will come from the TLS
+/// library (`raw` is false for that plaintext stream).
+///
+/// `class` tells what the record's first bytes look like ([`peek_class`]). Only an undecided
+/// stream calls it: on a stream known to be HTTP that copy from user memory would be thrown
+/// away, on every op of every keep-alive connection.
 #[inline(always)]
-pub(crate) fn admit(state: &mut u8, budget: &mut u8, class: u8, raw: bool) -> bool {
+pub(crate) fn admit(
+    state: &mut u8,
+    budget: &mut u8,
+    class: impl FnOnce() -> u8,
+    raw: bool,
+) -> bool {
     match *state {
         proto::HTTP => true,
-        proto::UNKNOWN => match class {
+        proto::UNKNOWN => match class() {
             proto::HTTP => {
                 *state = proto::HTTP;
                 true

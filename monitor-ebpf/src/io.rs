@@ -224,16 +224,14 @@ fn exit(ctx: &TracePointContext) -> u32 {
         }
         return 0;
     }
-    // A stream known to carry HTTP takes every record (see `admit`): no peek at its bytes,
-    // which saves a copy from user memory per op (two for an iovec op).
-    let class = if st.raw_proto == proto::HTTP {
-        proto::HTTP
-    } else if args.op == op::BUF {
-        peek_class(args.ptr, n)
-    } else {
-        match first_iovec(args.ptr, args.len) {
-            Some(v) => peek_class(v.base, if v.len < n { v.len } else { n }),
-            None => proto::UNKNOWN,
+    let class = || {
+        if args.op == op::BUF {
+            peek_class(args.ptr, n)
+        } else {
+            match first_iovec(args.ptr, args.len) {
+                Some(v) => peek_class(v.base, if v.len < n { v.len } else { n }),
+                None => proto::UNKNOWN,
+            }
         }
     };
     if !admit(&mut st.raw_proto, &mut st.raw_budget, class, true) {

@@ -168,13 +168,12 @@ fn emit_plaintext(st: &mut ConnState, fd: u32, buf: u64, n: u64, read: bool) {
         st.raw_proto = proto::TLS;
     }
     let stream = stream_index(true, read);
-    // As for raw bytes (`io::exit`): a stream known to be HTTP needs no peek.
-    let class = if st.tls_proto == proto::HTTP {
-        proto::HTTP
-    } else {
-        peek_class(buf, n)
-    };
-    if !admit(&mut st.tls_proto, &mut st.tls_budget, class, false) {
+    if !admit(
+        &mut st.tls_proto,
+        &mut st.tls_budget,
+        || peek_class(buf, n),
+        false,
+    ) {
         if let Some(s) = st.seq.get_mut(stream) {
             *s += n;
         }
