@@ -18,30 +18,21 @@ pub struct MillisText {
 impl MillisText {
     /// The text of `t`, valid until the next call.
     pub fn format(&mut self, t: SystemTime) -> &str {
-        let Ok(since) = t.duration_since(UNIX_EPOCH) else {
-            // Before 1970: not worth a cache.
-            self.second = None;
+        // Before 1970 there is no second to keep (and humantime refuses such times anyway).
+        let since = t.duration_since(UNIX_EPOCH).ok();
+        let second = since.map(|d| d.as_secs());
+        if second.is_none() || second != self.second {
             self.text.clear();
             let _ = write!(self.text, "{}", humantime::format_rfc3339_millis(t));
-            return &self.text;
-        };
-        let second = since.as_secs();
-        if self.second != Some(second) {
-            self.text.clear();
-            let _ = write!(self.text, "{}", humantime::format_rfc3339_millis(t));
-            self.second = Some(second);
-            return &self.text;
-        }
-        let ms = since.subsec_millis();
-        let digits = [
-            b'0' + (ms / 100) as u8,
-            b'0' + (ms / 10 % 10) as u8,
-            b'0' + (ms % 10) as u8,
-        ];
-        // "...:SS.mmmZ": the milliseconds are the three bytes before the final 'Z'.
-        let end = self.text.len() - 1;
-        if let Ok(digits) = std::str::from_utf8(&digits) {
-            self.text.replace_range(end - 3..end, digits);
+            self.second = second;
+        } else {
+            // "...:SS.mmmZ": the milliseconds and the 'Z' are the last four bytes.
+            let ms = since.map_or(0, |d| d.subsec_millis());
+            self.text.truncate(self.text.len() - 4);
+            for digit in [ms / 100, ms / 10 % 10, ms % 10] {
+                self.text.push(char::from(b'0' + digit as u8));
+            }
+            self.text.push('Z');
         }
         &self.text
     }
@@ -64,7 +55,7 @@ mod tests {
             let want = humantime::format_rfc3339_millis(t).to_string();
             assert_eq!(cache.format(t), want, "step {i}");
         }
-        // Going back in time, and before the epoch.
+        // Going back in time, and at the epoch.
         for t in [
             start,
             start - Duration::from_millis(1),
