@@ -115,23 +115,22 @@ pub fn openssl_file(path: &Path) -> Result<(OpensslSymbols, File), ElfError> {
         let pair = |ex, plain| probe_pair(&obj, ex, plain);
         let (read_site, write_site) =
             probe_site::place(pair(read_ex, read), pair(write_ex, write), &public);
-        if let Some(site) = read_site {
-            found.ssl_read_ex = Some(site.at);
-            found.internal_read = true;
-            if site.plain_covered {
-                found.ssl_read = None;
-            }
-        }
-        if let Some(site) = write_site {
-            found.ssl_write_ex = Some(site.at);
-            found.internal_write = true;
-            if site.plain_covered {
-                found.ssl_write = None;
-            }
-        }
+        found.internal_read = move_to(read_site, &mut found.ssl_read_ex, &mut found.ssl_read);
+        found.internal_write = move_to(write_site, &mut found.ssl_write_ex, &mut found.ssl_write);
     }
     drop(map);
     Ok((found, file))
+}
+
+/// Moves one direction's `_ex` programs to `site`, and drops its plain function's when the
+/// site sees all their calls. Returns whether the programs moved.
+fn move_to(site: Option<probe_site::Site>, ex: &mut Option<u64>, plain: &mut Option<u64>) -> bool {
+    let Some(site) = site else { return false };
+    *ex = Some(site.at);
+    if site.plain_covered {
+        *plain = None;
+    }
+    true
 }
 
 /// The file offset of virtual address `address` in section `index`.
